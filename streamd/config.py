@@ -1,0 +1,379 @@
+"""YAML → typed, validated settings.
+
+The models mirror the YAML one to one and forbid unknown keys at every level, so a typo is
+an error rather than a silently ignored default. Validation itself does no I/O; `load()`
+reads the file, maps every pydantic error back to its key path and YAML line, and reads
+secrets (password files, env vars) only after the tree validated. `preflight()` is the I/O
+half (model files, file sources) that `streamd check` and `streamd run` add on top.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+"""Site and camera names become MQTT topic levels: no `/`, `+`, `#` or spaces."""
+
+PASSWORD_ENV = "STREAMD_MQTT_PASSWORD"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TLSSettings(_Model):
+    ca_file: Path | None = Field(None, description="CA bundle that signed the broker's cert.")
+    cert_file: Path | None = Field(None, description="Client certificate (mutual TLS).")
+    key_file: Path | None = Field(None, description="Client private key (mutual TLS).")
+
+    @model_validator(mode="after")
+    def _cert_needs_key(self) -> TLSSettings:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file must be given together")
+        return self
+
+
+class MQTTSettings(_Model):
+    host: str = Field("127.0.0.1", min_length=1, description="Broker host name or address.")
+    port: int = Field(1883, ge=1, le=65535)
+    topic_prefix: str | None = Field(
+        None, description="Topic prefix; default `streamd/<site>`. No wildcards.")
+    qos: Literal[0, 1, 2] = Field(1, description="QoS for detections, descriptions, status.")
+    stats_qos: Literal[0, 1, 2] = Field(0, description="QoS for the periodic stats topic.")
+    client_id: str | None = Field(None, description="Default `streamd-<site>`.")
+    username: str | None = None
+    password_file: Path | None = Field(
+        None, description=f"File holding the password (else env {PASSWORD_ENV}). "
+        "A relative path is looked up in $CREDENTIALS_DIRECTORY first.")
+    tls: TLSSettings | None = None
+    keepalive_s: int = Field(30, ge=5, le=3600)
+    publish_empty: bool = Field(False, description="Publish detections for frames with nothing.")
+    stats_interval_s: float = Field(10.0, gt=0, le=3600)
+    max_pending: int = Field(
+        100_000, ge=100, description="Messages held in memory while the broker is away; "
+        "past it the oldest detections are dropped (and counted), never status.")
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _no_wildcards(cls, v: str | None) -> str | None:
+        if v is not None and (not v.strip("/") or any(c in v for c in "+#")):
+            raise ValueError("must be a non-empty topic without + or #")
+        return v.strip("/") if v is not None else None
+
+
+class _DetectorBase(_Model):
+    confidence: float = Field(0.35, ge=0.0, le=1.0, description="Minimum score kept.")
+    iou: float = Field(0.5, gt=0.0, le=1.0, description="IoU above which NMS suppresses.")
+    classes: list[str] | None = Field(None, description="Keep only these labels.")
+    full_frame_every: int = Field(
+        0, ge=0, description="Also run on the whole frame every N analysed frames "
+        "(0: only on motion ROIs), so objects that stopped moving are not lost.")
+
+
+class ONNXRuntimeDetectorSettings(_DetectorBase):
+    backend: Literal["onnxruntime"]
+    model: Path = Field(description="YOLOv8/YOLO11-style ONNX file, output [N, 4+C, A].")
+    input_size: int = Field(320, ge=32, le=2048, multiple_of=32)
+    labels: list[str] | None = Field(
+        None, description="Class names; default: the model's `names` metadata, else COCO.")
+    threads: int = Field(0, ge=0, le=64, description="intra-op threads; 0 = ONNX Runtime's choice.")
+    max_batch: int = Field(8, ge=1, le=256, description="Crops per inference call at most.")
+
+
+class HOGDetectorSettings(_DetectorBase):
+    backend: Literal["hog"]
+    confidence: float = Field(0.3, ge=0.0, le=10.0,
+                              description="Minimum SVM margin (HOG scores are not probabilities).")
+    min_height: int = Field(96, ge=64, le=4096,
+                            description="Crops are upscaled so a person this tall is found.")
+
+
+class NoDetectorSettings(_Model):
+    backend: Literal["none"]
+
+
+DetectorSettings = Annotated[
+    ONNXRuntimeDetectorSettings | HOGDetectorSettings | NoDetectorSettings,
+    Field(discriminator="backend"),
+]
+
+
+class TemplateDescriberSettings(_Model):
+    backend: Literal["template"]
+    max_per_second: float = Field(5.0, gt=0, description="Descriptions per second, all cameras.")
+    refresh_s: float = Field(30.0, gt=0, description="Describe a tracked object again after this.")
+    queue_size: int = Field(64, ge=1, description="Pending requests; the oldest is dropped past it.")
+
+
+class NoDescriberSettings(_Model):
+    backend: Literal["none"]
+
+
+DescriberSettings = Annotated[
+    TemplateDescriberSettings | NoDescriberSettings, Field(discriminator="backend")]
+
+
+class MotionSettings(_Model):
+    scale_width: int = Field(320, ge=32, le=1920, description="Flow is computed at this width.")
+    threshold: Literal["auto"] | Annotated[float, Field(gt=0)] = Field(
+        "auto", description="Flow magnitude (px/frame at full resolution) that counts as "
+        "motion; `auto` adapts to the scene's noise floor.")
+    min_area: float = Field(0.001, ge=0.0, lt=1.0, description="Smallest ROI, fraction of frame.")
+    pad: float = Field(0.15, ge=0.0, le=2.0, description="ROI padding, fraction of its size.")
+    max_rois: int = Field(8, ge=1, le=64, description="Largest ROIs kept per frame.")
+
+
+Point = tuple[float, float]
+
+
+class CameraSettings(_Model):
+    name: str = Field(pattern=NAME_PATTERN, description="Topic level; unique in the fleet.")
+    url: str | int = Field(description="rtsp://…, a file path, or a V4L2 device index.")
+    fps: float | None = Field(None, gt=0, le=240, description="Analysis rate cap.")
+    realtime: bool = Field(False, description="Pace a file at its native fps (live-like).")
+    loop: bool = Field(False, description="Restart a file at its end.")
+    rtsp_transport: Literal["tcp", "udp"] = "tcp"
+    open_timeout_s: float = Field(10.0, gt=0, le=120)
+    read_timeout_s: float = Field(5.0, gt=0, le=120)
+    ignore: list[list[Point]] = Field(
+        default_factory=list, description="Polygons (full-frame pixels) where motion is ignored.")
+    enabled: bool = True
+
+    @field_validator("ignore")
+    @classmethod
+    def _polygons(cls, v: list[list[Point]]) -> list[list[Point]]:
+        for i, poly in enumerate(v):
+            if len(poly) < 3:
+                raise ValueError(f"polygon {i} needs at least 3 points, has {len(poly)}")
+        return v
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str | int) -> str | int:
+        if isinstance(v, int) and v < 0:
+            raise ValueError("a device index is >= 0")
+        if isinstance(v, str) and not v.strip():
+            raise ValueError("must not be empty")
+        return v
+
+    @property
+    def kind(self) -> Literal["rtsp", "file", "device"]:
+        if isinstance(self.url, int):
+            return "device"
+        if re.match(r"^(rtsps?|rtmp|https?|udp|tcp)://", self.url, re.I):
+            return "rtsp"
+        return "file"
+
+
+class Settings(_Model):
+    site: str = Field(pattern=NAME_PATTERN, description="Names the topic prefix streamd/<site>.")
+    state_dir: Path | None = Field(
+        None, description="frame_id/seq high-water marks; default $STATE_DIRECTORY, "
+        "else ./state.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    mqtt: MQTTSettings = Field(default_factory=MQTTSettings)  # type: ignore[arg-type]
+    detector: DetectorSettings = Field(
+        default_factory=lambda: HOGDetectorSettings(backend="hog"))
+    describer: DescriberSettings = Field(
+        default_factory=lambda: TemplateDescriberSettings(backend="template"))
+    motion: MotionSettings = Field(default_factory=MotionSettings)  # type: ignore[arg-type]
+    cameras: list[CameraSettings] = Field(min_length=1)
+
+    @field_validator("cameras")
+    @classmethod
+    def _unique_names(cls, v: list[CameraSettings]) -> list[CameraSettings]:
+        seen: set[str] = set()
+        for cam in v:
+            if cam.name in seen:
+                raise ValueError(f"camera name {cam.name!r} is used twice")
+            seen.add(cam.name)
+        return v
+
+    @property
+    def topic_prefix(self) -> str:
+        return self.mqtt.topic_prefix or f"streamd/{self.site}"
+
+    @property
+    def client_id(self) -> str:
+        return self.mqtt.client_id or f"streamd-{self.site}"
+
+    def resolved_state_dir(self) -> Path:
+        if self.state_dir is not None:
+            return self.state_dir
+        env = os.environ.get("STATE_DIRECTORY")
+        return Path(env.split(":")[0]) if env else Path("state")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a config: where (`file`, `path`, `line`) and why."""
+
+    file: str
+    path: str
+    message: str
+    line: int | None = None
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        return f"{where}: {self.path or '<root>'}: {self.message}"
+
+
+class ConfigError(Exception):
+    """Carries every problem found, so `streamd check` can list all of them at once."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+
+@dataclass(frozen=True)
+class Config:
+    """Validated settings plus what was read beside them (secrets), never logged."""
+
+    settings: Settings
+    source: Path
+    mqtt_password: SecretStr | None = None
+
+
+def _format_path(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else part
+    return out
+
+
+def _line_index(node: yaml.Node, path: tuple[int | str, ...] = ()
+                ) -> dict[tuple[int | str, ...], int]:
+    """Map every key path in the YAML document to its 1-based line."""
+    lines = {path: node.start_mark.line + 1}
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            sub = (*path, key.value)
+            lines[sub] = key.start_mark.line + 1
+            lines.update({k: v for k, v in _line_index(value, sub).items() if k != sub})
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            lines.update(_line_index(item, (*path, i)))
+    return lines
+
+
+def _clean_loc(loc: tuple[int | str, ...], data: Any) -> tuple[int | str, ...]:
+    """Map a pydantic error location onto the YAML: drop union-branch tags (the `backend`
+    value pydantic inserts for a discriminated union, `float` for a scalar union)."""
+    out: list[int | str] = []
+    node = data
+    for part in loc:
+        if isinstance(node, dict):
+            if part in node:
+                out.append(part)
+                node = node[part]
+            elif part == node.get("backend"):
+                continue
+            else:  # a missing key
+                out.append(part)
+                node = None
+        elif isinstance(node, list) and isinstance(part, int):
+            out.append(part)
+            node = node[part] if part < len(node) else None
+        else:
+            break
+    return tuple(out)
+
+
+def validate(data: Any, file: str = "<config>", lines: dict[tuple[int | str, ...], int] | None
+             = None) -> Settings:
+    """Validate a parsed YAML document; raise ConfigError listing every problem."""
+    lines = lines or {}
+    if not isinstance(data, dict):
+        raise ConfigError([Problem(file, "", "the document must be a mapping of keys")])
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        problems: dict[str, Problem] = {}
+        for err in exc.errors():
+            loc = _clean_loc(tuple(err["loc"]), data)
+            msg = "unknown key (typo?)" if err["type"] == "extra_forbidden" else err["msg"]
+            key = _format_path(loc)
+            if key in problems:  # one message per key for union alternatives
+                msg = f"{problems[key].message}; or {msg[0].lower()}{msg[1:]}"
+            line = next((lines[loc[:i]] for i in range(len(loc), -1, -1) if loc[:i] in lines),
+                        None)
+            problems[key] = Problem(file, key, msg, line)
+        raise ConfigError(list(problems.values())) from None
+
+
+def _read_password(settings: Settings, file: str) -> SecretStr | None:
+    pf = settings.mqtt.password_file
+    if pf is not None:
+        candidates = [pf]
+        creds = os.environ.get("CREDENTIALS_DIRECTORY")
+        if creds and not pf.is_absolute():
+            candidates.insert(0, Path(creds) / pf)
+        for path in candidates:
+            try:
+                return SecretStr(path.read_text().strip("\r\n"))
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                raise ConfigError([Problem(file, "mqtt.password_file",
+                                           f"cannot read {path}: {exc.strerror}")]) from None
+        raise ConfigError([Problem(file, "mqtt.password_file", f"{pf} does not exist")])
+    env = os.environ.get(PASSWORD_ENV)
+    return SecretStr(env) if env else None
+
+
+def load(path: str | os.PathLike[str]) -> Config:
+    """Read, parse and validate a YAML config; raise ConfigError with every problem."""
+    path = Path(path)
+    file = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([Problem(file, "", f"cannot read: {exc.strerror}")]) from None
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        reason = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError([Problem(file, "", f"invalid YAML: {reason}", line)]) from None
+    lines = _line_index(node) if node is not None else {}
+    settings = validate(data, file, lines)
+    return Config(settings, path, _read_password(settings, file))
+
+
+def preflight(config: Config) -> list[Problem]:
+    """The checks that need the file system: model files, file sources, TLS files."""
+    s, file = config.settings, str(config.source)
+    problems: list[Problem] = []
+    det = s.detector
+    if isinstance(det, ONNXRuntimeDetectorSettings) and not det.model.is_file():
+        problems.append(Problem(file, "detector.model", f"{det.model} does not exist"))
+    for i, cam in enumerate(s.cameras):
+        if cam.kind == "file" and not Path(str(cam.url)).is_file():
+            problems.append(Problem(file, f"cameras[{i}].url", f"{cam.url} does not exist"))
+    if s.mqtt.tls is not None:
+        for key in ("ca_file", "cert_file", "key_file"):
+            p = getattr(s.mqtt.tls, key)
+            if p is not None and not Path(p).is_file():
+                problems.append(Problem(file, f"mqtt.tls.{key}", f"{p} does not exist"))
+    return problems
