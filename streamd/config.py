@@ -150,6 +150,9 @@ class CameraSettings(_Model):
     rtsp_transport: Literal["tcp", "udp"] = "tcp"
     open_timeout_s: float = Field(10.0, gt=0, le=120)
     read_timeout_s: float = Field(5.0, gt=0, le=120)
+    reconnect_max_s: float = Field(
+        2.0, gt=0, le=300, description="Longest wait between reconnect attempts (plus jitter); "
+        "short, so a camera is back within seconds of its source.")
     ignore: list[list[Point]] = Field(
         default_factory=list, description="Polygons (full-frame pixels) where motion is ignored.")
     enabled: bool = True
@@ -186,12 +189,12 @@ class Settings(_Model):
         None, description="frame_id/seq high-water marks; default $STATE_DIRECTORY, "
         "else ./state.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    mqtt: MQTTSettings = Field(default_factory=MQTTSettings)  # type: ignore[arg-type]
+    mqtt: MQTTSettings = Field(default_factory=MQTTSettings)
     detector: DetectorSettings = Field(
         default_factory=lambda: HOGDetectorSettings(backend="hog"))
     describer: DescriberSettings = Field(
         default_factory=lambda: TemplateDescriberSettings(backend="template"))
-    motion: MotionSettings = Field(default_factory=MotionSettings)  # type: ignore[arg-type]
+    motion: MotionSettings = Field(default_factory=MotionSettings)
     cameras: list[CameraSettings] = Field(min_length=1)
 
     @field_validator("cameras")

@@ -1,0 +1,288 @@
+"""Wires the stages for a fleet and runs them until asked to stop or every file ended.
+
+Per camera: a capture thread fills a `FrameSlot`; an analysis thread takes the newest frame
+and runs motion → detect (through the shared `DetectorService`, which batches crops of all
+cameras) → track → publish, then offers new objects to the `DescriberService`. Data only
+flows forward; the app is the one place that knows every stage. Workers start in data-flow
+order and stop in reverse (an `ExitStack`), so nothing is published after the publisher
+flushed and every frame that was read is analysed before shutdown.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+
+from streamd.capture import CameraState, CaptureWorker
+from streamd.config import CameraSettings, Config, TemplateDescriberSettings
+from streamd.describe import DescribeRequest, create_describer
+from streamd.describe.service import DescriberService
+from streamd.detect import create_detector
+from streamd.detect.crops import plan_regions
+from streamd.detect.service import DetectorService
+from streamd.detections import Detections
+from streamd.frames import Frame, FrameSlot
+from streamd.motion import MotionStage, Rois
+from streamd.publish import Publisher
+from streamd.state import StateStore
+from streamd.track import Tracker
+
+log = logging.getLogger(__name__)
+
+DETECT_TIMEOUT_S = 30.0
+
+
+@dataclass
+class StageTimes:
+    """Sums over the current stats interval; the stats loop swaps it for a fresh one."""
+
+    frames: int = 0
+    ms: dict[str, float] = field(default_factory=lambda: {
+        "motion": 0.0, "detect": 0.0, "track": 0.0, "publish": 0.0})
+
+    def mean_ms(self) -> dict[str, float]:
+        return {k: round(v / self.frames, 2) if self.frames else 0.0 for k, v in self.ms.items()}
+
+
+def _box(xyxy: np.ndarray) -> list[int]:  # type: ignore[type-arg]
+    return [int(round(float(v))) for v in xyxy]
+
+
+def _flow_for(box: np.ndarray, rois: Rois) -> tuple[float, float] | None:  # type: ignore[type-arg]
+    """Mean motion of the ROI that overlaps the object most (None if none overlaps)."""
+    if not len(rois):
+        return None
+    x1 = np.maximum(rois.xyxy[:, 0], box[0])
+    y1 = np.maximum(rois.xyxy[:, 1], box[1])
+    x2 = np.minimum(rois.xyxy[:, 2], box[2])
+    y2 = np.minimum(rois.xyxy[:, 3], box[3])
+    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
+    best = int(np.argmax(inter))
+    if inter[best] <= 0:
+        return None
+    fx, fy = rois.flow_xy[best]
+    return float(fx), float(fy)
+
+
+class CameraPipeline:
+    """The analysis thread of one camera. Frames are handled strictly in order."""
+
+    def __init__(self, camera: CameraSettings, slot: FrameSlot, app: App) -> None:
+        self.camera = camera
+        self.slot = slot
+        self.analysed = 0
+        self.times = StageTimes()
+        self.last_progress_mono = time.monotonic()
+        self._app = app
+        self._motion = MotionStage(app.settings.motion, camera.ignore)
+        self._tracker = Tracker()
+        self._errors = 0
+        self._thread = threading.Thread(target=self._run, name=f"analysis-{camera.name}",
+                                        daemon=True)
+
+    def start(self) -> CameraPipeline:
+        self._thread.start()
+        return self
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        self.slot.close()
+        if self._thread.is_alive():
+            self._thread.join(timeout_s)
+
+    def __enter__(self) -> CameraPipeline:
+        return self.start()
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+    @property
+    def done(self) -> bool:
+        return not self._thread.is_alive()
+
+    def _run(self) -> None:
+        while True:
+            frame = self.slot.take(timeout_s=0.5)
+            self.last_progress_mono = time.monotonic()
+            if frame is None:
+                if self.slot.closed:
+                    break
+                continue
+            try:
+                self.process(frame)
+            except Exception:
+                # One bad frame must not end a camera; one traceback, then a count.
+                self._errors += 1
+                if self._errors == 1:
+                    log.exception("camera=%s frame_id=%d analysis failed", self.camera.name,
+                                  frame.frame_id)
+                elif self._errors % 100 == 0:
+                    log.error("camera=%s analysis failed %d times", self.camera.name,
+                              self._errors)
+        self._motion.close()
+
+    def process(self, frame: Frame) -> None:
+        app, name = self._app, self.camera.name
+        t0 = time.perf_counter()
+        rois = self._motion.propose(frame)
+        t1 = time.perf_counter()
+        dets = Detections.empty()
+        service = app.detector_service
+        if service is not None:
+            every = app.settings.detector.full_frame_every  # type: ignore[union-attr]
+            full = every > 0 and self.analysed % every == 0
+            if full or len(rois):
+                regions = None if full else plan_regions(
+                    rois.xyxy, frame.wh, app.detector_input_size, app.max_regions)
+                try:
+                    dets = service.submit(frame, regions).result(DETECT_TIMEOUT_S)
+                except FutureTimeout:
+                    log.error("camera=%s frame_id=%d detector timed out after %.0fs", name,
+                              frame.frame_id, DETECT_TIMEOUT_S)
+        t2 = time.perf_counter()
+        dets = self._tracker.update(dets)
+        t3 = time.perf_counter()
+        if len(rois) or len(dets) or app.settings.mqtt.publish_empty:
+            app.publisher.publish_camera(name, "detections", self._payload(frame, rois, dets),
+                                         origin_mono=frame.captured_mono)
+        t4 = time.perf_counter()
+        if app.describer_service is not None:
+            self._offer(frame, rois, dets)
+        self.analysed += 1
+        times = self.times
+        times.frames += 1
+        for key, dt in (("motion", t1 - t0), ("detect", t2 - t1), ("track", t3 - t2),
+                        ("publish", t4 - t3)):
+            times.ms[key] += dt * 1000.0
+
+    def _payload(self, frame: Frame, rois: Rois, dets: Detections) -> dict[str, Any]:
+        w, h = frame.wh
+        return {
+            "frame_id": frame.frame_id,
+            "ts": round(frame.ts, 6),
+            "pts": frame.pts,
+            "width": w,
+            "height": h,
+            "rois": [{"box": _box(rois.xyxy[i]), "motion": round(float(rois.motion[i]), 2)}
+                     for i in range(len(rois))],
+            "objects": [{"id": int(dets.tracker_id[i]), "label": dets.label(i),
+                         "score": round(float(dets.confidence[i]), 3),
+                         "box": _box(dets.xyxy[i])} for i in range(len(dets))],
+        }
+
+    def _offer(self, frame: Frame, rois: Rois, dets: Detections) -> None:
+        service = self._app.describer_service
+        assert service is not None
+        for i in range(len(dets)):
+            box = _box(dets.xyxy[i])
+            x1, y1, x2, y2 = box
+            service.offer(DescribeRequest(
+                camera=frame.camera, frame_id=frame.frame_id, ts=round(frame.ts, 6),
+                object_id=int(dets.tracker_id[i]), label=dets.label(i),
+                score=float(dets.confidence[i]), box=(x1, y1, x2, y2), frame_wh=frame.wh,
+                flow_xy=_flow_for(dets.xyxy[i], rois), crop=frame.image[y1:y2, x1:x2]))
+
+
+class App:
+    """The daemon for one config. `run()` blocks until stopped or done; returns an exit code."""
+
+    def __init__(self, config: Config, max_frames: int | None = None) -> None:
+        self.config = config
+        self.settings = config.settings
+        self.max_frames = max_frames
+        self.state = StateStore(self.settings.resolved_state_dir())
+        self.publisher = Publisher(self.settings, config.mqtt_password, self.state)
+        self.detector_service: DetectorService | None = None
+        self.describer_service: DescriberService | None = None
+        det = self.settings.detector
+        self.detector_input_size = int(getattr(det, "input_size", 320))
+        self.max_regions = int(getattr(det, "max_batch", 8))
+        self.captures: dict[str, CaptureWorker] = {}
+        self.pipelines: dict[str, CameraPipeline] = {}
+        self._stop = threading.Event()
+
+    def request_stop(self, why: str) -> None:
+        if not self._stop.is_set():
+            log.info("stopping: %s", why)
+        self._stop.set()
+
+    def run(self) -> int:
+        s = self.settings
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(self.publisher)
+            stack.callback(self._publish_stats)  # a final figure after everything drained
+            detector = create_detector(s.detector)
+            if detector is not None:
+                self.detector_service = stack.enter_context(DetectorService(detector))
+            describer = create_describer(s.describer)
+            if describer is not None:
+                assert isinstance(s.describer, TemplateDescriberSettings)
+                self.describer_service = stack.enter_context(
+                    DescriberService(describer, s.describer, self._on_description))
+            for cam in s.cameras:
+                if not cam.enabled:
+                    continue
+                slot = FrameSlot()
+                self.pipelines[cam.name] = stack.enter_context(CameraPipeline(cam, slot, self))
+            for cam in s.cameras:
+                if cam.name not in self.pipelines:
+                    continue
+                frame_ids = self.state.counter(f"frame_id/{cam.name}")
+                stack.callback(frame_ids.commit)
+                self.captures[cam.name] = stack.enter_context(CaptureWorker(
+                    cam, self.pipelines[cam.name].slot, frame_ids, self._on_camera_state,
+                    self.max_frames))
+            log.info("running site=%s cameras=%d detector=%s describer=%s", s.site,
+                     len(self.pipelines), s.detector.backend, s.describer.backend)
+            next_stats = time.monotonic() + s.mqtt.stats_interval_s
+            while not self._stop.wait(0.2):
+                if all(p.done for p in self.pipelines.values()):
+                    log.info("every camera ended; publishing what is pending")
+                    break
+                if time.monotonic() >= next_stats:
+                    next_stats += s.mqtt.stats_interval_s
+                    self._publish_stats()
+        return 0
+
+    def _on_camera_state(self, camera: str, state: CameraState, reason: str | None) -> None:
+        self.publisher.publish_status(camera, state.value, reason)
+
+    def _on_description(self, request: DescribeRequest, text: str, latency_ms: float) -> None:
+        assert self.describer_service is not None
+        self.publisher.publish_camera(request.camera, "descriptions", {
+            "frame_id": request.frame_id, "ts": request.ts, "object_id": request.object_id,
+            "label": request.label, "box": list(request.box), "text": text,
+            "model": self.describer_service.describer.model,
+            "latency_ms": round(latency_ms, 2)})
+
+    def _publish_stats(self) -> None:
+        interval = self.settings.mqtt.stats_interval_s
+        for name, pipe in self.pipelines.items():
+            cap = self.captures.get(name)
+            times, pipe.times = pipe.times, StageTimes()
+            payload: dict[str, Any] = {
+                "ts": round(time.time(), 6),
+                "state": cap.state.value if cap else "stopped",
+                "interval_s": interval,
+                "fps_analysed": round(times.frames / interval, 2),
+                "frames_analysed": pipe.analysed,
+                "stage_ms": times.mean_ms(),
+                "latency_ms": self.publisher.latency[name].percentiles(),
+                "dropped": pipe.slot.dropped,
+                "mqtt_pending": self.publisher.pending,
+                "mqtt_dropped": dict(self.publisher.dropped),
+            }
+            if cap is not None:
+                st = cap.stats
+                payload.update(frames_in=st.frames_read, skipped=st.skipped,
+                               decode_errors=st.decode_errors, reconnects=st.reconnects)
+            self.publisher.publish_camera(name, "stats", payload,
+                                          qos=self.settings.mqtt.stats_qos)

@@ -1,0 +1,264 @@
+"""One thread per camera: read frames, stamp them, hand them to analysis; reconnect alone.
+
+The capture thread owns its connection, so it also owns reconnecting: a dead camera never
+needs the rest of the daemon (or an operator) to notice. Live sources overwrite the
+`FrameSlot` (latest wins, overwritten frames are counted there); file sources wait for the
+consumer unless `realtime: true` paces them at their native rate.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import TracebackType
+
+import cv2
+import numpy as np
+import tenacity
+
+from streamd.config import CameraSettings
+from streamd.frames import Frame, FrameSlot, Image, SlotClosed
+from streamd.redact import redact
+from streamd.state import Counter
+
+log = logging.getLogger(__name__)
+
+_FFMPEG_ENV = "OPENCV_FFMPEG_CAPTURE_OPTIONS"
+_env_lock = threading.Lock()
+"""OpenCV reads FFmpeg options from the process environment at open time; serialise opens."""
+
+
+class CameraState(str, enum.Enum):
+    STARTING = "starting"
+    STREAMING = "streaming"
+    RECONNECTING = "reconnecting"
+    ENDED = "ended"
+    STOPPED = "stopped"
+
+
+StateCallback = Callable[[str, CameraState, "str | None"], None]
+"""(camera name, new state, reason) — called from the capture thread; must not block."""
+
+
+class SourceError(Exception):
+    """The source could not be opened or stopped delivering; the message is safe to log."""
+
+
+@dataclass
+class CaptureStats:
+    """Counters read (without locking: ints are atomic enough for stats) by the stats loop."""
+
+    frames_read: int = 0
+    frames_out: int = 0
+    skipped: int = 0
+    """Frames read but not analysed because of the `fps` cap (by design, not a loss)."""
+    decode_errors: int = 0
+    reconnects: int = 0
+    last_frame_mono: float = 0.0
+
+
+class CaptureWorker:
+    """Reads one camera in its own thread. `start()` returns self; `stop()` is idempotent."""
+
+    def __init__(self, camera: CameraSettings, slot: FrameSlot, frame_ids: Counter,
+                 on_state: StateCallback, max_frames: int | None = None) -> None:
+        self.camera = camera
+        self.slot = slot
+        self.stats = CaptureStats()
+        self.state = CameraState.STARTING
+        self.reason: str | None = None
+        self._frame_ids = frame_ids
+        self._on_state = on_state
+        self._max_frames = max_frames
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"capture-{camera.name}",
+                                        daemon=True)
+
+    def start(self) -> CaptureWorker:
+        self._set_state(CameraState.STARTING, None)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        self._stop.set()
+        self.slot.close()
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join(timeout_s)
+            if self._thread.is_alive():
+                log.warning("camera=%s capture thread did not stop within %.1fs",
+                            self.camera.name, timeout_s)
+
+    def __enter__(self) -> CaptureWorker:
+        return self.start()
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def _set_state(self, state: CameraState, reason: str | None) -> None:
+        if (state, reason) == (self.state, self.reason) and state != CameraState.STARTING:
+            return
+        self.state, self.reason = state, reason
+        level = logging.WARNING if state == CameraState.RECONNECTING else logging.INFO
+        log.log(level, "camera=%s state=%s reason=%s", self.camera.name, state.value,
+                reason or "-")
+        self._on_state(self.camera.name, state, reason)
+
+    # -- the thread ------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        final, reason = CameraState.STOPPED, None
+        try:
+            while not self._stop.is_set():
+                cap = self._connect()
+                if cap is None:
+                    break
+                try:
+                    outcome = self._stream(cap)
+                except SourceError as exc:
+                    self.stats.reconnects += 1
+                    self._set_state(CameraState.RECONNECTING, str(exc))
+                    continue
+                finally:
+                    cap.release()
+                if outcome is not None:
+                    final, reason = CameraState.ENDED, outcome
+                    break
+        except Exception as exc:  # a bug, not a camera fault: report it, do not take the fleet
+            log.exception("camera=%s capture failed", self.camera.name)
+            final, reason = CameraState.ENDED, redact(f"internal error: {exc}")
+        finally:
+            self.slot.close()
+            self._set_state(final, reason)
+
+    def _connect(self) -> cv2.VideoCapture | None:
+        """Open the source, retrying with capped exponential backoff plus jitter.
+
+        The sleep is the stop event's wait, so shutdown never waits out a backoff.
+        """
+
+        def before_sleep(rs: tenacity.RetryCallState) -> None:
+            exc = rs.outcome.exception() if rs.outcome else None
+            self._set_state(CameraState.RECONNECTING, str(exc))
+
+        retrying = tenacity.Retrying(
+            sleep=lambda seconds: None if self._stop.wait(seconds) else None,
+            wait=tenacity.wait_exponential_jitter(initial=0.25, max=self.camera.reconnect_max_s,
+                                                  jitter=0.5),
+            retry=tenacity.retry_if_exception_type(SourceError),
+            stop=lambda rs: self._stop.is_set(),
+            before_sleep=before_sleep,
+            reraise=True,
+        )
+        try:
+            return retrying(self._open)
+        except SourceError:
+            return None  # stopped while retrying
+
+    def _open(self) -> cv2.VideoCapture:
+        cam = self.camera
+        if self._stop.is_set():
+            raise SourceError("stopping")
+        if cam.kind == "device":
+            cap = cv2.VideoCapture(int(cam.url))
+        else:
+            params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(cam.open_timeout_s * 1000),
+                      cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(cam.read_timeout_s * 1000)]
+            with _env_lock:
+                if cam.kind == "rtsp":
+                    os.environ[_FFMPEG_ENV] = f"rtsp_transport;{cam.rtsp_transport}"
+                else:
+                    os.environ.pop(_FFMPEG_ENV, None)
+                cap = cv2.VideoCapture(str(cam.url), cv2.CAP_FFMPEG, params)
+        if not cap.isOpened():
+            cap.release()
+            raise SourceError(f"cannot open {redact(cam.url)}")
+        return cap
+
+    def _stream(self, cap: cv2.VideoCapture) -> str | None:
+        """Read until the source fails (SourceError), ends (returns why) or we stop (None)."""
+        cam = self.camera
+        is_file = cam.kind == "file"
+        lossless = is_file and not cam.realtime
+        interval = 1.0 / cam.fps if cam.fps else 0.0
+        native_fps = cap.get(cv2.CAP_PROP_FPS) if is_file else 0.0
+        last_emit_time: float | None = None
+        pace_origin: tuple[float, float] | None = None  # (monotonic, pts) for realtime files
+        streaming = False
+        while not self._stop.is_set():
+            if not cap.grab():
+                if is_file and cam.loop and self.stats.frames_read:
+                    if not cap.set(cv2.CAP_PROP_POS_FRAMES, 0):
+                        raise SourceError("cannot rewind file for loop")
+                    pace_origin, last_emit_time = None, None
+                    continue
+                if is_file:
+                    return "end of file" if streaming else "no frame could be decoded"
+                raise SourceError("no frame within read timeout or stream ended")
+            now_mono, ts = time.monotonic(), time.time()
+            self.stats.frames_read += 1
+            self.stats.last_frame_mono = now_mono
+            pts = self._pts(cap, native_fps)
+            # Rate cap: by stream time for lossless files, by wall time for live sources.
+            clock = pts if lossless and pts is not None else now_mono
+            if interval and last_emit_time is not None and \
+                    clock - last_emit_time < interval * 0.95:
+                self.stats.skipped += 1
+                continue
+            if is_file and cam.realtime and pts is not None:
+                if pace_origin is None:
+                    pace_origin = (now_mono, pts)
+                delay = pace_origin[0] + (pts - pace_origin[1]) - time.monotonic()
+                if delay > 0 and self._stop.wait(delay):
+                    return None
+                now_mono, ts = time.monotonic(), time.time()
+            ok, raw = cap.retrieve()
+            image = self._as_bgr(np.asarray(raw)) if ok and raw is not None else None
+            if image is None:
+                self.stats.decode_errors += 1
+                continue
+            last_emit_time = clock if not (is_file and cam.realtime) else now_mono
+            frame = Frame(cam.name, self._frame_ids.next(), ts, image, pts, now_mono)
+            try:
+                self.slot.put(frame, wait=lossless)
+            except SlotClosed:
+                return None
+            self.stats.frames_out += 1
+            if not streaming:
+                streaming = True
+                self._set_state(CameraState.STREAMING, None)
+            if self._max_frames is not None and self.stats.frames_out >= self._max_frames:
+                return f"max-frames {self._max_frames} reached"
+        return None
+
+    @staticmethod
+    def _pts(cap: cv2.VideoCapture, native_fps: float) -> float | None:
+        msec = cap.get(cv2.CAP_PROP_POS_MSEC)
+        if msec and msec > 0:
+            return round(float(msec) / 1000.0, 6)
+        if native_fps > 0:  # some containers report no time; derive it from the frame index
+            return round(max(cap.get(cv2.CAP_PROP_POS_FRAMES) - 1, 0) / native_fps, 6)
+        return None
+
+    def _as_bgr(self, image: np.ndarray) -> Image | None:
+        """Normalise what decoders hand back (grey, BGRA, 16-bit) to 8-bit BGR, or None."""
+        if image.dtype != np.uint8:
+            if image.dtype != np.uint16:
+                return None
+            image = (image >> 8).astype(np.uint8)
+        if image.ndim == 2:
+            return np.asarray(cv2.cvtColor(image, cv2.COLOR_GRAY2BGR), np.uint8)
+        if image.ndim == 3 and image.shape[2] == 4:
+            return np.asarray(cv2.cvtColor(image, cv2.COLOR_BGRA2BGR), np.uint8)
+        if image.ndim == 3 and image.shape[2] == 3:
+            return np.asarray(image, np.uint8)
+        return None

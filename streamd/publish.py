@@ -1,0 +1,282 @@
+"""The MQTT side: contract v1 topics and payloads, per-(camera, topic) `seq`, LWT, ordering.
+
+Callers never block on the network: `publish_camera()` stamps the message with its `seq`
+and appends it to an in-memory outbox; a pump thread hands messages to paho in order, only
+while connected, with a bounded number awaiting PUBACK. While the broker is away the outbox
+grows up to `mqtt.max_pending`, then drops the oldest stats, then detections, then
+descriptions — never status — and counts what it dropped.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import ssl
+import threading
+import time
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.reasoncodes import ReasonCode
+from pydantic import SecretStr
+
+from streamd.config import Settings
+from streamd.redact import redact
+from streamd.state import Counter, StateStore
+
+log = logging.getLogger(__name__)
+
+CONTRACT_VERSION = 1
+DROP_ORDER = ("stats", "detections", "descriptions")
+"""Which messages go first when the outbox is full: periodic figures, then per-frame data;
+status is never dropped (it is retained state a dashboard relies on)."""
+
+
+@dataclass(frozen=True)
+class Message:
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+    kind: str
+    camera: str | None = None
+    origin_mono: float | None = None
+    """Capture time of the frame this message is about, for capture→publish latency."""
+
+
+def encode(payload: dict[str, Any]) -> bytes:
+    """Compact JSON; numpy scalars and arrays become plain numbers and lists."""
+
+    def default(o: object) -> object:
+        if isinstance(o, np.generic):
+            return o.item()
+        if isinstance(o, np.ndarray):
+            return o.tolist()
+        raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+    return json.dumps(payload, separators=(",", ":"), default=default,
+                      ensure_ascii=False).encode()
+
+
+class LatencyWindow:
+    """The last N latencies of one camera, for p50/p95/p99 in stats."""
+
+    def __init__(self, size: int = 2048) -> None:
+        self._values: collections.deque[float] = collections.deque(maxlen=size)
+        self._lock = threading.Lock()
+
+    def add(self, ms: float) -> None:
+        with self._lock:
+            self._values.append(ms)
+
+    def percentiles(self) -> dict[str, float] | None:
+        with self._lock:
+            if not self._values:
+                return None
+            arr = np.fromiter(self._values, np.float64)
+        p50, p95, p99 = np.percentile(arr, [50, 95, 99])
+        return {"p50": round(float(p50), 1), "p95": round(float(p95), 1),
+                "p99": round(float(p99), 1)}
+
+
+class Publisher:
+    """Publishes the contract's topics; `start()` returns self, `stop()` flushes then closes."""
+
+    def __init__(self, settings: Settings, password: SecretStr | None, state: StateStore,
+                 max_inflight: int = 64) -> None:
+        self.settings = settings
+        self.prefix = settings.topic_prefix
+        self._m = settings.mqtt
+        self._state = state
+        self._seq: dict[tuple[str, str], Counter] = {}
+        self._outbox: collections.deque[Message] = collections.deque()
+        self._inflight: dict[int, Message] = {}
+        self._max_inflight = max_inflight
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._connected = False
+        self._closed = False
+        self.latency: dict[str, LatencyWindow] = collections.defaultdict(LatencyWindow)
+        self.dropped: collections.Counter[str] = collections.Counter()
+        self.sent = 0
+        self.acked = 0
+        self._client = self._make_client(password)
+        self._pump = threading.Thread(target=self._run, name="mqtt-pump", daemon=True)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def _make_client(self, password: SecretStr | None) -> mqtt.Client:
+        m = self._m
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.settings.client_id,
+                             protocol=mqtt.MQTTv311, clean_session=True)
+        if m.username is not None:
+            client.username_pw_set(m.username,
+                                   password.get_secret_value() if password else None)
+        if m.tls is not None:
+            client.tls_set(ca_certs=str(m.tls.ca_file) if m.tls.ca_file else None,
+                           certfile=str(m.tls.cert_file) if m.tls.cert_file else None,
+                           keyfile=str(m.tls.key_file) if m.tls.key_file else None,
+                           cert_reqs=ssl.CERT_REQUIRED)
+        client.will_set(f"{self.prefix}/status", "offline", qos=1, retain=True)
+        client.reconnect_delay_set(min_delay=1, max_delay=10)
+        client.max_queued_messages_set(0)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+        return client
+
+    def start(self) -> Publisher:
+        log.info("mqtt connecting host=%s port=%d client_id=%s prefix=%s", self._m.host,
+                 self._m.port, self.settings.client_id, self.prefix)
+        self._client.connect_async(self._m.host, self._m.port, keepalive=self._m.keepalive_s)
+        self._client.loop_start()
+        self._pump.start()
+        return self
+
+    def stop(self, flush_timeout_s: float = 5.0) -> None:
+        """Flush what is pending (bounded wait), say `offline`, disconnect. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        deadline = time.monotonic() + flush_timeout_s
+        with self._cond:
+            while (self._outbox or self._inflight) and self._connected:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._cond.wait(remaining)
+            self._stopping = True
+            pending = len(self._outbox) + len(self._inflight)
+            self._cond.notify_all()
+        self._pump.join(2.0)
+        if pending:
+            log.warning("mqtt stopping with %d messages not acknowledged", pending)
+        if self._connected:
+            info = self._client.publish(f"{self.prefix}/status", "offline", qos=1, retain=True)
+            try:
+                info.wait_for_publish(max(0.5, deadline - time.monotonic()))
+            except (RuntimeError, ValueError) as exc:
+                log.warning("mqtt could not publish offline: %s", exc)
+        self._client.disconnect()
+        self._client.loop_stop()
+        for counter in self._seq.values():
+            counter.commit()
+
+    def __enter__(self) -> Publisher:
+        return self.start()
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+    @property
+    def pending(self) -> int:
+        with self._cond:
+            return len(self._outbox) + len(self._inflight)
+
+    # -- publishing --------------------------------------------------------------------------
+
+    def publish_camera(self, camera: str, topic: str, payload: dict[str, Any], *,
+                       qos: int | None = None, retain: bool = False,
+                       origin_mono: float | None = None) -> int:
+        """Queue a per-camera message with the next `seq` of (camera, topic); return it."""
+        key = (camera, topic)
+        with self._cond:
+            counter = self._seq.get(key)
+            if counter is None:
+                counter = self._seq[key] = self._state.counter(f"seq/{camera}/{topic}")
+            seq = counter.next()
+            body = {"v": CONTRACT_VERSION, "camera": camera, **payload, "seq": seq}
+            self._enqueue(Message(f"{self.prefix}/{camera}/{topic}", encode(body),
+                                  self._m.qos if qos is None else qos, retain, topic, camera,
+                                  origin_mono))
+        return seq
+
+    def publish_status(self, camera: str, state: str, reason: str | None) -> None:
+        """Retained camera state; `reason` is redacted (it may quote a source URL)."""
+        body = {"v": CONTRACT_VERSION, "camera": camera, "state": state,
+                "since": round(time.time(), 6), "reason": redact(reason) if reason else None}
+        with self._cond:
+            self._enqueue(Message(f"{self.prefix}/{camera}/status", encode(body), self._m.qos,
+                                  True, "status", camera))
+
+    def _enqueue(self, msg: Message) -> None:
+        if self._stopping:
+            self.dropped[msg.kind] += 1
+            return
+        if len(self._outbox) >= self._m.max_pending:
+            self._drop_one()
+        self._outbox.append(msg)
+        self._cond.notify_all()
+
+    def _drop_one(self) -> None:
+        for kind in DROP_ORDER:
+            for i, old in enumerate(self._outbox):
+                if old.kind == kind:
+                    del self._outbox[i]
+                    if not self.dropped[kind]:
+                        log.warning("mqtt outbox full (%d); dropping oldest %s",
+                                    self._m.max_pending, kind)
+                    self.dropped[kind] += 1
+                    return
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._stopping and not (
+                        self._connected and self._outbox
+                        and len(self._inflight) < self._max_inflight):
+                    self._cond.wait()
+                if self._stopping:
+                    return
+                msg = self._outbox.popleft()
+                info = self._client.publish(msg.topic, msg.payload, qos=msg.qos,
+                                            retain=msg.retain)
+                if info.rc == mqtt.MQTT_ERR_NO_CONN:
+                    self._outbox.appendleft(msg)
+                    self._connected = False
+                    continue
+                self.sent += 1
+                if msg.qos > 0:
+                    self._inflight[info.mid] = msg
+            if msg.origin_mono is not None and msg.camera is not None:
+                self.latency[msg.camera].add((time.monotonic() - msg.origin_mono) * 1000.0)
+
+    # -- paho callbacks (network thread) -----------------------------------------------------
+
+    def _on_connect(self, client: mqtt.Client, userdata: object, flags: object,
+                    reason_code: ReasonCode, properties: object) -> None:
+        if reason_code.is_failure:
+            log.error("mqtt connect refused host=%s port=%d reason=%s", self._m.host,
+                      self._m.port, reason_code)
+            return
+        log.info("mqtt connected host=%s port=%d", self._m.host, self._m.port)
+        client.publish(f"{self.prefix}/status", "online", qos=1, retain=True)
+        with self._cond:
+            self._connected = True
+            self._cond.notify_all()
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: object, flags: object,
+                       reason_code: ReasonCode, properties: object) -> None:
+        with self._cond:
+            was = self._connected
+            self._connected = False
+            self._cond.notify_all()
+        if was and not self._closed:
+            log.warning("mqtt disconnected reason=%s; reconnecting", reason_code)
+
+    def _on_publish(self, client: mqtt.Client, userdata: object, mid: int,
+                    reason_code: ReasonCode, properties: object) -> None:
+        with self._cond:
+            if self._inflight.pop(mid, None) is not None:
+                self.acked += 1
+                self._cond.notify_all()
