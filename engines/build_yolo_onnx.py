@@ -38,6 +38,7 @@ OPSET = 17
 REG_MAX = 16
 STRIDES = (8, 16, 32)
 CLASS_BIAS = -6.0
+BN_GAIN = 0.8
 CLASS_GAIN = 2.5
 
 COCO80 = (
@@ -106,9 +107,9 @@ class _Graph:
         w = self.rng.normal(0.0, math.sqrt(1.0 / (c1 * k * k)), (c2, c1, k, k))
         y = _conv2d(xv, w, s)
         if bias is None:  # fold a BN whose statistics are the calibration batch's
-            mean, std = y.mean(axis=(0, 2, 3)), y.std(axis=(0, 2, 3)) + 1e-3
+            mean, scale = y.mean(axis=(0, 2, 3)), BN_GAIN / (y.std() + 1e-6)
             beta = self.rng.normal(0.0, 0.2, c2)
-            w, b = w / std[:, None, None, None], beta - mean / std
+            w, b = w * scale, beta - mean * scale
         else:
             w, b = w * gain, np.full(c2, bias)
         y = (_conv2d(xv, w, s) + b[None, :, None, None]).astype(np.float32)
@@ -248,9 +249,11 @@ def build_model(num_classes: int = 80, *, seed: int = 0, width_mult: float = 0.2
     if len(names) != num_classes:
         raise ValueError(f"{len(names)} names for {num_classes} classes")
     rng = np.random.default_rng(seed)
-    # Calibration batch: smooth random images (blocks of 8 px), not white noise, so the folded
-    # BN statistics resemble those of camera frames.
-    calibration = rng.random((2, 3, 16, 16)).repeat(8, axis=2).repeat(8, axis=3)
+    # Calibration batch: random images with structure at every scale (block noise of
+    # 2..32 px), not white noise, so the folded BN statistics resemble camera frames'.
+    size = 256
+    calibration = np.concatenate([rng.random((1, 3, size // b, size // b))
+                                  .repeat(b, 2).repeat(b, 3) for b in (2, 4, 8, 16, 32)])
     g = _Graph(rng, calibration.astype(np.float32))
 
     def ch(c: int) -> int:

@@ -52,11 +52,11 @@ class StageTimes:
         return {k: round(v / self.frames, 2) if self.frames else 0.0 for k, v in self.ms.items()}
 
 
-def _box(xyxy: np.ndarray) -> list[int]:  # type: ignore[type-arg]
+def _box(xyxy: np.ndarray) -> list[int]:
     return [int(round(float(v))) for v in xyxy]
 
 
-def _flow_for(box: np.ndarray, rois: Rois) -> tuple[float, float] | None:  # type: ignore[type-arg]
+def _flow_for(box: np.ndarray, rois: Rois) -> tuple[float, float] | None:
     """Mean motion of the ROI that overlaps the object most (None if none overlaps)."""
     if not len(rois):
         return None

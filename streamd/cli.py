@@ -1,4 +1,4 @@
-"""`streamd run | check`: the operator's entry points.
+"""`streamd run | check | watch`: the operator's entry points.
 
 Exit codes are part of the interface: 0 done (or drained after SIGTERM/SIGINT), 1 a
 startup failure the log explains (model file unusable, …), 2 an invalid config.
@@ -80,6 +80,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_FAILURE
 
 
+def cmd_watch(args: argparse.Namespace) -> int:
+    cfg = _load(args.config)
+    if cfg is None:
+        return EXIT_CONFIG
+    from streamd.watch import watch
+
+    return watch(cfg, until_offline=args.until_offline)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="streamd", description=__doc__)
     parser.add_argument("--version", action="version", version=f"streamd {__version__}")
@@ -94,6 +103,11 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="validate a config; exit 2 listing every problem")
     check.add_argument("-c", "--config", type=Path, required=True, help="YAML config file")
     check.set_defaults(func=cmd_check)
+    w = sub.add_parser("watch", help="print what the daemon publishes (a real MQTT subscriber)")
+    w.add_argument("-c", "--config", type=Path, required=True, help="YAML config file")
+    w.add_argument("--until-offline", action="store_true",
+                   help="exit when the daemon publishes offline")
+    w.set_defaults(func=cmd_watch)
     return parser
 
 

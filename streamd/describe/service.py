@@ -107,6 +107,8 @@ class DescriberService:
         """Queue the request if the object is due and the rate allows; never blocks."""
         now = time.monotonic()
         self.stats.offered += 1
+        if self.stats.offered % 512 == 0:
+            self._prune(now)
         if not self.wants(request.camera, request.object_id, request.label, now):
             return False
         if not self._bucket.take(now):
@@ -122,9 +124,11 @@ class DescriberService:
             self._cond.notify()
         return True
 
-    def forget(self, camera: str, live_ids: set[int]) -> None:
-        """Drop scheduling state of tracks that ended, so the table stays bounded."""
-        for key in [k for k in self._seen if k[0] == camera and k[1] not in live_ids]:
+    def _prune(self, now: float) -> None:
+        """Forget objects not described for two refresh periods, so the table stays
+        bounded however many tracks come and go."""
+        horizon = 2 * self.settings.refresh_s
+        for key in [k for k, (_, t) in self._seen.items() if now - t > horizon]:
             del self._seen[key]
 
     def _run(self) -> None:

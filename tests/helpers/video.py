@@ -14,10 +14,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-VTEST = Path(os.environ.get("STREAMD_SAMPLE_VIDEO",
-                            "/usr/share/doc/opencv-doc/examples/data/vtest.avi"))
+_DEBIAN_VTEST = Path("/usr/share/doc/opencv-doc/examples/data/vtest.avi")
+_REPO_VTEST = Path(__file__).resolve().parents[2] / "data" / "vtest.avi"  # scripts/setup.sh
+
+VTEST = Path(os.environ.get("STREAMD_SAMPLE_VIDEO")
+             or (_DEBIAN_VTEST if _DEBIAN_VTEST.is_file() else _REPO_VTEST))
 """OpenCV's sample pedestrians clip (768x576, 795 frames, MPEG-4 part 2) from Debian's
-``opencv-doc``; override with ``STREAMD_SAMPLE_VIDEO``."""
+``opencv-doc`` (or the copy ``scripts/setup.sh`` puts in ``data/``); override with
+``STREAMD_SAMPLE_VIDEO``."""
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Installs everything streamd's demo and tests need on a fresh Debian/Ubuntu machine:
+# system packages (mosquitto, GStreamer RTSP server, the opencv-doc sample video), a venv in
+# .venv with streamd and its dev tools, the random-weight YOLO ONNX model, data/vtest.avi.
+# Safe to run again: it only does what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(mosquitto mosquitto-clients opencv-doc python3-gi gir1.2-gst-rtsp-server-1.0
+  gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly
+  gstreamer1.0-tools)
+
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "setup: installing system packages: ${missing[*]}"
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
+    "${missing[@]}" >/dev/null
+fi
+
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  echo "setup: creating .venv"
+  "$PYTHON" -m venv .venv
+fi
+stamp=.venv/.streamd-installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  echo "setup: installing streamd and dev tools into .venv"
+  .venv/bin/python -m pip install -q --upgrade pip
+  .venv/bin/python -m pip install -q -e ".[dev]"
+  touch "$stamp"
+fi
+
+if [ ! -f engines/yolov8n-random.onnx ]; then
+  echo "setup: building engines/yolov8n-random.onnx (random weights, YOLOv8n architecture)"
+  .venv/bin/python engines/build_yolo_onnx.py --out engines/yolov8n-random.onnx
+fi
+
+SAMPLE=/usr/share/doc/opencv-doc/examples/data/vtest.avi
+mkdir -p data
+if [ ! -f data/vtest.avi ]; then
+  if [ -f "$SAMPLE" ]; then
+    cp "$SAMPLE" data/vtest.avi
+  elif [ -f "$SAMPLE.gz" ]; then
+    gunzip -c "$SAMPLE.gz" > data/vtest.avi
+  else
+    echo "setup: $SAMPLE not found (package opencv-doc)" >&2
+    exit 1
+  fi
+fi
+echo "setup: ready"
