@@ -37,9 +37,14 @@ OPSET = 17
 """17: what TensorRT 8.6+ and ONNX Runtime >= 1.14 parse; Ultralytics exports it too."""
 REG_MAX = 16
 STRIDES = (8, 16, 32)
-CLASS_BIAS = -6.0
 BN_GAIN = 0.8
-CLASS_GAIN = 2.5
+"""Output spread of every folded BN; below 1 so that frames unlike the calibration batch
+decay towards it through the ~60 layers instead of growing without bound."""
+CLASS_LOGITS = (-6.0, 0.5)
+"""(mean, spread) of the class logits on the calibration batch: very negative like
+Ultralytics' bias init, so most anchors score near 0 and a few blobs score high."""
+BOX_LOGITS = (1.0, 1.5)
+"""(mean, spread) of the DFL bin logits: Ultralytics initialises that bias to 1.0."""
 
 COCO80 = (
     "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat",
@@ -61,11 +66,11 @@ class _Graph:
     """Accumulates nodes and initializers, and evaluates the layers that carry features on a
     small calibration batch in numpy as it goes.
 
-    That shadow evaluation is what stands in for trained BatchNorm statistics: each Conv's
-    weights are rescaled so its output channels have unit variance on the calibration batch
-    (what BN folding yields on a trained model). Plain He init either dies out or explodes
-    over ~60 SiLU layers; this keeps activations O(1) and the random model's boxes and scores
-    spread out like a real model's.
+    That shadow evaluation stands in for trained BatchNorm statistics: each Conv's weights
+    and bias are set so its outputs have a fixed mean and spread on the calibration batch,
+    which is what folding a trained BN yields. Plain He init either dies out (every output
+    the same) or explodes over ~60 SiLU layers; this keeps activations O(1), so the random
+    model's boxes and scores vary with the image, as a real model's do.
     """
 
     def __init__(self, rng: np.random.Generator, calibration: npt.NDArray[np.float32]) -> None:
@@ -98,24 +103,23 @@ class _Graph:
         self.values[name] = value.astype(np.float32)
         return name
 
-    def conv(self, x: str, c2: int, k: int = 1, s: int = 1, *, act: bool = True,
-             bias: float | None = None, gain: float = 1.0) -> str:
-        """Conv2d + folded BatchNorm + SiLU; with `bias` set it is a plain output Conv2d
-        (the head's last layer: no BN, that bias, weights scaled by `gain`)."""
+    def conv(self, x: str, c2: int, k: int = 1, s: int = 1, *, head: tuple[float, float] |
+             None = None) -> str:
+        """Conv2d + folded BatchNorm + SiLU, or with `head=(mean, std)` the head's plain output
+        Conv2d, scaled to give outputs of that mean and spread on the calibration batch."""
         xv = self.values[x]
         c1 = xv.shape[1]
         w = self.rng.normal(0.0, math.sqrt(1.0 / (c1 * k * k)), (c2, c1, k, k))
         y = _conv2d(xv, w, s)
-        if bias is None:  # fold a BN whose statistics are the calibration batch's
-            mean, scale = y.mean(axis=(0, 2, 3)), BN_GAIN / (y.std() + 1e-6)
-            beta = self.rng.normal(0.0, 0.2, c2)
-            w, b = w * scale, beta - mean * scale
-        else:
-            w, b = w * gain, np.full(c2, bias)
+        # One scale per layer, not per channel: a channel that happens to be flat on the
+        # calibration batch must not get a huge gain that real frames then blow up.
+        out_mean, out_std = head or (self.rng.normal(0.0, 0.2, c2), BN_GAIN)
+        scale = out_std / (y.std() + 1e-6)
+        w, b = w * scale, out_mean - y.mean(axis=(0, 2, 3)) * scale
         y = (_conv2d(xv, w, s) + b[None, :, None, None]).astype(np.float32)
         name = self.op1("Conv", [x, self.const(w, "w"), self.const(b, "b")],
                         kernel_shape=[k, k], strides=[s, s], pads=[k // 2] * 4)
-        if not act:
+        if head is not None:
             return self._shadow(name, y)
         name = self.op1("Mul", [name, self.op1("Sigmoid", [name])])  # SiLU, as exported
         return self._shadow(name, y / (1.0 + np.exp(-y)))
@@ -206,13 +210,9 @@ def _detect_head(g: _Graph, feats: Sequence[str], nc: int) -> str:
     c3 = max(g.channels(feats[0]), min(nc, 100))
     flat = g.const([0, 0, -1], "shape", np.int64)
     boxes, scores, anchors, strides = [], [], [], []
-    for x, stride in zip(feats, STRIDES):
-        box = g.conv(g.conv(g.conv(x, c2, 3), c2, 3), 4 * REG_MAX, act=False, bias=1.0,
-                     gain=2.0)
-        # Ultralytics initialises class biases very negative (few positives): this keeps the
-        # random model's scores mostly low, like a real model's on an empty scene.
-        cls = g.conv(g.conv(g.conv(x, c3, 3), c3, 3), nc, act=False, bias=CLASS_BIAS,
-                     gain=CLASS_GAIN)
+    for x, stride in zip(feats, STRIDES, strict=True):
+        box = g.conv(g.conv(g.conv(x, c2, 3), c2, 3), 4 * REG_MAX, head=BOX_LOGITS)
+        cls = g.conv(g.conv(g.conv(x, c3, 3), c3, 3), nc, head=CLASS_LOGITS)
         boxes.append(g.op1("Reshape", [box, flat]))
         scores.append(g.op1("Reshape", [cls, flat]))
         a, s = _anchors(g, x, stride)

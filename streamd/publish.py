@@ -96,6 +96,7 @@ class Publisher:
         self._seq: dict[tuple[str, str], Counter] = {}
         self._outbox: collections.deque[Message] = collections.deque()
         self._inflight: dict[int, Message] = {}
+        self._early_acks: set[int] = set()
         self._max_inflight = max_inflight
         self._cond = threading.Condition()
         self._stopping = False
@@ -230,6 +231,8 @@ class Publisher:
                     return
 
     def _run(self) -> None:
+        """Hand messages to paho in order. paho's own lock is taken inside `publish()` and
+        held around `on_publish`, so ours is never held across the call (lock order)."""
         while True:
             with self._cond:
                 while not self._stopping and not (
@@ -239,15 +242,19 @@ class Publisher:
                 if self._stopping:
                     return
                 msg = self._outbox.popleft()
-                info = self._client.publish(msg.topic, msg.payload, qos=msg.qos,
-                                            retain=msg.retain)
-                if info.rc == mqtt.MQTT_ERR_NO_CONN:
+            info = self._client.publish(msg.topic, msg.payload, qos=msg.qos, retain=msg.retain)
+            with self._cond:
+                if info.rc == mqtt.MQTT_ERR_NO_CONN and msg.qos == 0:
+                    # paho keeps QoS>=1 messages for after the reconnect; QoS 0 it discards.
                     self._outbox.appendleft(msg)
                     self._connected = False
                     continue
                 self.sent += 1
-                if msg.qos > 0:
+                if msg.qos > 0 and info.mid not in self._early_acks:
                     self._inflight[info.mid] = msg
+                elif info.mid in self._early_acks:
+                    self._early_acks.discard(info.mid)
+                    self.acked += msg.qos > 0
             if msg.origin_mono is not None and msg.camera is not None:
                 self.latency[msg.camera].add((time.monotonic() - msg.origin_mono) * 1000.0)
 
@@ -280,3 +287,5 @@ class Publisher:
             if self._inflight.pop(mid, None) is not None:
                 self.acked += 1
                 self._cond.notify_all()
+            else:  # acknowledged before the pump recorded it (or a QoS 0 send completed)
+                self._early_acks.add(mid)

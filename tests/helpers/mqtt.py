@@ -214,10 +214,14 @@ class Collector:
     the subscription, and counts connects/disconnects so a test can wait for the reconnect
     before asserting on what arrives after it. ``start()`` returns only after the broker
     acknowledged the subscription, so nothing published afterwards can be missed.
+
+    With ``clean_session=False`` (and a fixed ``client_id``) the broker queues QoS 1 messages
+    for it while it is disconnected; with a persistent broker that survives a broker restart,
+    so a test can tell messages the daemon lost from messages the subscriber missed.
     """
 
     def __init__(self, host: str, port: int, topics: str | Iterable[str] = "streamd/#", *,
-                 qos: int = 1, client_id: str | None = None,
+                 qos: int = 1, client_id: str | None = None, clean_session: bool = True,
                  username: str | None = None, password: str | None = None) -> None:
         self.host = host
         self.port = port
@@ -230,7 +234,7 @@ class Collector:
         self._subscribed = threading.Event()
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2,
                                   client_id=client_id or f"test-collector-{uuid.uuid4().hex[:8]}",
-                                  protocol=mqtt.MQTTv311, clean_session=True)
+                                  protocol=mqtt.MQTTv311, clean_session=clean_session)
         if username is not None:
             self.client.username_pw_set(username, password)
         self.client.reconnect_delay_set(min_delay=1, max_delay=2)

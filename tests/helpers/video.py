@@ -8,6 +8,7 @@ real footage the HOG people detector is expected to find people in.
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -140,3 +141,39 @@ def transcode_to_mjpg(src: str | os.PathLike[str], dst: str | os.PathLike[str],
         if writer is not None:
             writer.release()
     return n
+
+
+RTSP_CAPTURE_OPTIONS = "rtsp_transport;tcp|analyzeduration;500000"
+"""What OpenCV's FFMPEG backend needs to read the test camera promptly: TCP interleaving, and
+a short stream probe (FFmpeg's default 5 s analyzeduration makes open() take ~2.8 s and then
+hand out a burst of ~26 stale buffered frames)."""
+
+
+def read_frames(url: str, count: int, timeout_s: float = 10.0) -> list[np.ndarray]:
+    """Open ``url`` with OpenCV's FFMPEG backend, the way the daemon's capture does, and return
+    ``count`` BGR frames ``(H, W, 3)``; fewer if the stream fails or ``timeout_s`` runs out.
+
+    Sets ``OPENCV_FFMPEG_CAPTURE_OPTIONS`` for the call (OpenCV reads it at each open) and
+    uses open/read timeouts so a dead camera cannot hang a test."""
+    previous = os.environ.get("OPENCV_FFMPEG_CAPTURE_OPTIONS")
+    os.environ["OPENCV_FFMPEG_CAPTURE_OPTIONS"] = RTSP_CAPTURE_OPTIONS
+    try:
+        ms = int(timeout_s * 1000)
+        cap = cv2.VideoCapture(url, cv2.CAP_FFMPEG, [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, ms,
+                                                     cv2.CAP_PROP_READ_TIMEOUT_MSEC, ms])
+    finally:
+        if previous is None:
+            os.environ.pop("OPENCV_FFMPEG_CAPTURE_OPTIONS", None)
+        else:
+            os.environ["OPENCV_FFMPEG_CAPTURE_OPTIONS"] = previous
+    frames: list[np.ndarray] = []
+    deadline = time.monotonic() + timeout_s
+    try:
+        while cap.isOpened() and len(frames) < count and time.monotonic() < deadline:
+            ok, img = cap.read()
+            if not ok:
+                break
+            frames.append(img)
+    finally:
+        cap.release()
+    return frames

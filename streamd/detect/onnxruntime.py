@@ -1,0 +1,149 @@
+"""ONNX Runtime backend: YOLOv8/YOLO11-style ONNX models on CPU (or CUDA when the installed
+onnxruntime has it).
+
+Everything that can be wrong with a model file is checked when the detector is created,
+including one warm-up inference, so a bad file stops startup with the reason instead of
+failing on the first frame that moves.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from streamd.config import ONNXRuntimeDetectorSettings
+from streamd.detect.base import DetectorError, class_ids
+from streamd.detect.yolo import COCO80, decode, letterbox_batch, parse_names
+from streamd.detections import Detections
+from streamd.frames import Image
+
+log = logging.getLogger(__name__)
+
+KEY = "onnxruntime"
+STRIDES = (8, 16, 32)
+_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+
+
+def anchor_count(size: int) -> int:
+    """A for a square input of side `size`: one anchor per cell of the P3, P4, P5 grids."""
+    return sum((size // s) ** 2 for s in STRIDES)
+
+
+class ONNXRuntimeDetector:
+    """A YOLO ONNX model behind the `Detector` interface.
+
+    Batches of up to `max_batch` images go through one `session.run`; a model exported with
+    a fixed batch size gets chunks of exactly that size (the last one zero-padded).
+    """
+
+    def __init__(self, settings: ONNXRuntimeDetectorSettings) -> None:
+        import onnxruntime as ort
+
+        path = settings.model
+        if not path.is_file():
+            raise DetectorError(f"detector.model: {path} does not exist")
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = settings.threads
+        opts.log_severity_level = 3  # ORT's warnings go to stderr, not our log
+        available = ort.get_available_providers()
+        providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider")
+                     if p in available]
+        try:
+            self._session: Any = ort.InferenceSession(str(path), opts, providers=providers)
+        except Exception as exc:  # ORT raises its own pybind classes for a bad file
+            raise DetectorError(f"detector.model: {path} is not a loadable ONNX model: "
+                                f"{exc}") from None
+        self.input_size = settings.input_size
+        self.max_batch = settings.max_batch
+        self._conf, self._iou = settings.confidence, settings.iou
+        self._input, self._dtype, self._run_batch = self._check_input(path)
+        self._output = self._session.get_outputs()[0].name
+        classes = self._check_output(path)
+        self.labels = self._labels(settings, classes)
+        self._class_ids = class_ids(self.labels, settings.classes)
+        log.info("onnxruntime detector: %s, %d classes, input %d, batch %s, providers %s",
+                 path, classes, self.input_size, self._run_batch or "dynamic",
+                 self._session.get_providers())
+
+    def _check_input(self, path: Path) -> tuple[str, type[np.floating[Any]], int]:
+        inputs = self._session.get_inputs()
+        if len(inputs) != 1:
+            raise DetectorError(f"detector.model: {path} has {len(inputs)} inputs; a YOLO "
+                                "detector has one, images [N, 3, H, W]")
+        inp = inputs[0]
+        shape = list(inp.shape)
+        if len(shape) != 4 or (isinstance(shape[1], int) and shape[1] != 3):
+            raise DetectorError(f"detector.model: input {inp.name} is {shape}; expected "
+                                "[N, 3, H, W]")
+        if inp.type not in _DTYPES:
+            raise DetectorError(f"detector.model: input {inp.name} is {inp.type}; expected "
+                                "float or float16")
+        fixed = [d for d in shape[2:] if isinstance(d, int)]
+        if fixed and fixed != [self.input_size] * 2:
+            raise DetectorError(f"detector.model: {path} takes {shape[2]}x{shape[3]} images; "
+                                f"set detector.input_size to match (it is {self.input_size})")
+        batch = shape[0] if isinstance(shape[0], int) else 0
+        return inp.name, _DTYPES[inp.type], batch
+
+    def _check_output(self, path: Path) -> int:
+        """Run one blank image: checks the layout and warms the session up."""
+        n = self._run_batch or 1
+        blank = np.zeros((n, 3, self.input_size, self.input_size), self._dtype)
+        try:
+            out = self._session.run([self._output], {self._input: blank})[0]
+        except Exception as exc:
+            raise DetectorError(f"detector.model: {path} fails on a {self.input_size}x"
+                                f"{self.input_size} input: {exc}") from None
+        expected_a = anchor_count(self.input_size)
+        if out.ndim != 3 or out.shape[0] != n or out.shape[2] != expected_a or out.shape[1] < 5:
+            raise DetectorError(
+                f"detector.model: {path} outputs {list(out.shape)}; expected [N, 4+C, "
+                f"{expected_a}] (YOLOv8/YOLO11 layout at input_size {self.input_size}); "
+                "YOLOv5/v7-style [N, A, 5+C] outputs are not supported")
+        return int(out.shape[1]) - 4
+
+    def _labels(self, settings: ONNXRuntimeDetectorSettings, classes: int) -> tuple[str, ...]:
+        if settings.labels is not None:
+            if len(settings.labels) != classes:
+                raise DetectorError(f"detector.labels has {len(settings.labels)} names; the "
+                                    f"model has {classes} classes")
+            return tuple(settings.labels)
+        meta = self._session.get_modelmeta().custom_metadata_map.get("names")
+        if meta is not None:
+            try:
+                names = parse_names(meta)
+            except ValueError as exc:
+                raise DetectorError(f"detector.model: {exc}; set detector.labels") from None
+            if len(names) != classes:
+                raise DetectorError(f"detector.model: names metadata has {len(names)} "
+                                    f"entries, the output {classes} classes")
+            return tuple(names)
+        if classes == len(COCO80):
+            return COCO80
+        log.warning("%s has no names metadata and %d classes: labels are class ids; set "
+                    "detector.labels", settings.model, classes)
+        return tuple(str(i) for i in range(classes))
+
+    def detect(self, images: Sequence[Image]) -> list[Detections]:
+        if self._session is None:
+            raise DetectorError("onnxruntime detector used after close()")
+        step = self._run_batch or self.max_batch
+        results: list[Detections] = []
+        for start in range(0, len(images), step):
+            chunk = images[start:start + step]
+            tensor, boxes = letterbox_batch(chunk, self.input_size)
+            if self._run_batch and len(chunk) < self._run_batch:
+                tensor = np.concatenate([tensor, np.zeros(
+                    (self._run_batch - len(chunk), *tensor.shape[1:]), np.float32)])
+            feed = {self._input: tensor.astype(self._dtype, copy=False)}
+            out = self._session.run([self._output], feed)
+            results += decode(np.asarray(out[0][:len(chunk)], np.float32), self._conf,
+                              self._iou, self._class_ids, boxes, labels=self.labels)
+        return results
+
+    def close(self) -> None:
+        self._session = None

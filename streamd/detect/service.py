@@ -1,0 +1,210 @@
+"""One detector shared by every camera: requests are batched across cameras.
+
+An accelerator runs a batch of crops almost as fast as one, so the worker waits a bounded
+few milliseconds after the first request for others (from any camera) and sends all their
+crops together. Callers get a `Future` per frame and never touch the detector themselves,
+so a slow or failing detector can neither block capture nor kill a camera's thread.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future
+from dataclasses import dataclass, replace
+from types import TracebackType
+
+import numpy as np
+import numpy.typing as npt
+
+from streamd.detect.base import Detector
+from streamd.detect.boxes import nms
+from streamd.detections import Detections, IntArray
+from streamd.frames import Frame
+
+log = logging.getLogger(__name__)
+
+EMA_ALPHA = 0.1
+
+
+class ServiceStopped(RuntimeError):
+    """The detector service stopped before it analysed the frame (or was used after stop)."""
+
+
+class _State(enum.Enum):
+    NEW = "new"
+    RUNNING = "running"
+    STOPPED = "stopped"
+
+
+@dataclass(frozen=True)
+class _Request:
+    frame: Frame
+    regions: IntArray
+    future: Future[Detections]
+
+
+class DetectorService:
+    """A worker thread that feeds `detector` batches of crops from all cameras.
+
+    `submit(frame, regions)` returns a `Future[Detections]` with boxes in frame pixels:
+    detections of all regions of that frame, shifted back by each region's offset, with
+    duplicates from overlapping regions removed by class-aware NMS at `merge_iou`. A detector
+    exception resolves the futures of that batch with it; the worker goes on.
+
+    The detector is passed in and stays the caller's to close, after `stop()`.
+    Counters for the stats topic: `requests`, `batches` (detector calls), `crops`,
+    `last_batch_size`, `infer_ms` (last call) and `infer_ms_ema`, `errors`.
+    """
+
+    def __init__(self, detector: Detector, batch_wait_ms: float = 3.0,
+                 merge_iou: float = 0.5) -> None:
+        self.detector = detector
+        self.batch_wait_s = batch_wait_ms / 1000
+        self.merge_iou = merge_iou
+        self.requests = 0
+        self.batches = 0
+        self.crops = 0
+        self.last_batch_size = 0
+        self.infer_ms = 0.0
+        self.infer_ms_ema = 0.0
+        self.errors = 0
+        self._cond = threading.Condition()
+        self._queue: deque[tuple[float, _Request]] = deque()
+        self._queued_crops = 0
+        self._state = _State.NEW
+        self._thread = threading.Thread(target=self._run, name="detector", daemon=True)
+
+    def start(self) -> DetectorService:
+        with self._cond:
+            if self._state is not _State.NEW:
+                raise RuntimeError(f"DetectorService is {self._state.value}, cannot start")
+            self._state = _State.RUNNING
+        self._thread.start()
+        return self
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Stop the worker; frames still queued fail with `ServiceStopped`. Idempotent.
+
+        A batch already in the detector finishes (within `timeout_s`) and resolves normally.
+        """
+        with self._cond:
+            if self._state is _State.STOPPED:
+                return
+            started = self._state is _State.RUNNING
+            self._state = _State.STOPPED
+            pending = [req for _, req in self._queue]
+            self._queue.clear()
+            self._queued_crops = 0
+            self._cond.notify_all()
+        for req in pending:
+            if req.future.set_running_or_notify_cancel():
+                req.future.set_exception(ServiceStopped(
+                    f"detector service stopped before frame {req.frame.frame_id} of "
+                    f"{req.frame.camera!r} was analysed"))
+        if started:
+            self._thread.join(timeout_s)
+            if self._thread.is_alive():
+                log.warning("detector worker still busy after %.1f s; leaving it", timeout_s)
+
+    def __enter__(self) -> DetectorService:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+    def submit(self, frame: Frame, regions: npt.ArrayLike | None = None
+               ) -> Future[Detections]:
+        """Queue `frame` for detection in `regions` ((M, 4) int xyxy, clipped to the frame;
+        None: the whole frame). M == 0 resolves at once with no detections."""
+        w, h = frame.wh
+        if regions is None:
+            boxes = np.array([[0, 0, w, h]], np.int64)
+        else:
+            boxes = np.clip(np.asarray(regions, np.int64).reshape(-1, 4), 0, [w, h, w, h])
+            boxes = boxes[(boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])]
+        future: Future[Detections] = Future()
+        with self._cond:
+            if self._state is _State.STOPPED:
+                raise ServiceStopped("detector service is stopped")
+            self.requests += 1
+            if len(boxes) == 0:
+                future.set_result(Detections.empty(self.detector.labels))
+                return future
+            self._queue.append((time.monotonic(), _Request(frame, boxes, future)))
+            self._queued_crops += len(boxes)
+            self._cond.notify_all()
+        return future
+
+    def _next_batch(self) -> list[_Request]:
+        """Block for a first request, then gather more until `batch_wait_s` after it or a
+        full detector batch; [] once stopped."""
+        with self._cond:
+            while not self._queue and self._state is _State.RUNNING:
+                self._cond.wait()
+            if self._state is not _State.RUNNING:
+                return []
+            deadline = self._queue[0][0] + self.batch_wait_s
+            while (self._state is _State.RUNNING
+                   and self._queued_crops < self.detector.max_batch
+                   and (left := deadline - time.monotonic()) > 0):
+                self._cond.wait(left)
+            batch = [req for _, req in self._queue]
+            self._queue.clear()
+            self._queued_crops = 0
+            return batch
+
+    def _run(self) -> None:
+        while batch := self._next_batch():
+            live = [req for req in batch if req.future.set_running_or_notify_cancel()]
+            try:
+                results = self._detect(live)
+            except Exception as exc:
+                self.errors += 1
+                log.warning("detector failed on %d frames: %r", len(live), exc)
+                for req in live:
+                    req.future.set_exception(exc)
+                continue
+            for req, dets in zip(live, results, strict=True):
+                req.future.set_result(dets)
+
+    def _detect(self, batch: list[_Request]) -> list[Detections]:
+        crops = [req.frame.image[y1:y2, x1:x2]
+                 for req in batch for x1, y1, x2, y2 in req.regions]
+        step = max(self.detector.max_batch, 1)
+        found: list[Detections] = []
+        for start in range(0, len(crops), step):
+            chunk = crops[start:start + step]
+            t0 = time.perf_counter()
+            out = self.detector.detect(chunk)
+            self.infer_ms = (time.perf_counter() - t0) * 1000
+            if len(out) != len(chunk):
+                raise RuntimeError(f"detector returned {len(out)} results for "
+                                   f"{len(chunk)} images")
+            self.infer_ms_ema = (self.infer_ms if self.batches == 0 else
+                                 EMA_ALPHA * self.infer_ms + (1 - EMA_ALPHA) * self.infer_ms_ema)
+            self.batches += 1
+            self.crops += len(chunk)
+            self.last_batch_size = len(chunk)
+            found += out
+        results = []
+        for req in batch:
+            parts, found = found[:len(req.regions)], found[len(req.regions):]
+            results.append(self._to_frame(req.regions, parts))
+        return results
+
+    def _to_frame(self, regions: IntArray, parts: list[Detections]) -> Detections:
+        """Shift each region's detections into frame pixels; merge duplicates."""
+        shifted = [replace(d, xyxy=d.xyxy + np.asarray(r[[0, 1, 0, 1]], np.float32))
+                   for r, d in zip(regions, parts, strict=True) if len(d)]
+        if not shifted:
+            return Detections.empty(self.detector.labels)
+        merged = Detections.merge(shifted)
+        if len(shifted) > 1:
+            merged = merged[nms(merged.xyxy, merged.confidence, self.merge_iou,
+                                merged.class_id)]
+        return merged

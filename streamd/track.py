@@ -1,0 +1,98 @@
+"""Per-camera object tracking: stable ids for detections across frames.
+
+A small greedy IoU tracker rather than a library: supervision's ByteTrack pulls in
+opencv-python (GUI build) and matplotlib, which conflict with opencv-python-headless on an
+edge box, and scipy (for Hungarian matching) is not a dependency either. Motion ROIs are
+sparse, a handful of objects per camera, so matching by IoU greedily, best pair first, finds
+the same pairs an optimal assignment would in all but contrived cases. A constant-velocity
+guess of where each track moved keeps two objects that cross from swapping ids.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from streamd.detect.boxes import box_iou
+from streamd.detections import Detections
+
+Box = npt.NDArray[np.float64]
+
+
+@dataclass
+class _Track:
+    id: int
+    class_id: int
+    xyxy: Box
+    velocity: Box
+    """Box change per frame (all four coordinates), smoothed."""
+    missed: int = 0
+    hits: int = 1
+
+    def predicted(self) -> Box:
+        return self.xyxy + self.velocity * (self.missed + 1)
+
+
+class Tracker:
+    """Assigns `tracker_id`s to one camera's detections, frame after frame.
+
+    Each `update` matches detections to live tracks of the same class by IoU with the
+    track's predicted box (>= `iou_threshold`, best pair first); unmatched detections start
+    new tracks with ids 1, 2, 3, ... (never reused); a track unmatched for more than
+    `max_missed` consecutive updates is retired. Call `update` once per analysed frame, with
+    an empty `Detections` when nothing was found, so that missing objects age.
+    """
+
+    def __init__(self, iou_threshold: float = 0.3, max_missed: int = 15) -> None:
+        self.iou_threshold = iou_threshold
+        self.max_missed = max_missed
+        self._tracks: list[_Track] = []
+        self._next_id = 1
+
+    @property
+    def active_ids(self) -> tuple[int, ...]:
+        """Ids of the tracks still alive (seen within the last `max_missed` updates)."""
+        return tuple(t.id for t in self._tracks)
+
+    def update(self, dets: Detections) -> Detections:
+        """The same rows, in the same order, with `tracker_id` set."""
+        boxes = dets.xyxy.astype(np.float64)
+        ids = np.full(len(dets), -1, np.int64)
+        matched_tracks: set[int] = set()
+        if self._tracks and len(dets):
+            predicted = np.stack([t.predicted() for t in self._tracks])
+            iou = box_iou(predicted, boxes)
+            track_cls = np.array([t.class_id for t in self._tracks])
+            iou[track_cls[:, None] != dets.class_id[None, :]] = 0.0
+            ti, di = np.nonzero(iou >= self.iou_threshold)
+            for k in np.argsort(-iou[ti, di], kind="stable"):
+                t, d = int(ti[k]), int(di[k])
+                if t in matched_tracks or ids[d] != -1:
+                    continue
+                self._follow(self._tracks[t], boxes[d])
+                ids[d] = self._tracks[t].id
+                matched_tracks.add(t)
+        survivors = []
+        for i, track in enumerate(self._tracks):
+            if i not in matched_tracks:
+                track.missed += 1
+            if track.missed <= self.max_missed:
+                survivors.append(track)
+        self._tracks = survivors
+        for new in np.flatnonzero(ids == -1):
+            track = _Track(self._next_id, int(dets.class_id[new]), boxes[new].copy(),
+                           np.zeros(4))
+            self._next_id += 1
+            self._tracks.append(track)
+            ids[new] = track.id
+        return dets.with_tracker_id(ids)
+
+    @staticmethod
+    def _follow(track: _Track, box: Box) -> None:
+        step = (box - track.xyxy) / (track.missed + 1)
+        track.velocity = step if track.hits == 1 else (track.velocity + step) / 2
+        track.xyxy = box.copy()
+        track.missed = 0
+        track.hits += 1

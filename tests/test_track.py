@@ -1,0 +1,90 @@
+"""The per-camera IoU tracker: ids that stay with their objects."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from streamd.detections import Detections
+from streamd.track import Tracker
+
+
+def dets(*boxes: tuple[float, float, float, float], classes: list[int] | None = None
+         ) -> Detections:
+    n = len(boxes)
+    return Detections(np.array(boxes, np.float32).reshape(-1, 4), np.full(n, 0.9),
+                      np.array(classes if classes is not None else [0] * n),
+                      labels=("person", "car"))
+
+
+def box(x: float, y: float, w: float = 40, h: float = 80) -> tuple[float, float, float, float]:
+    return (x, y, x + w, y + h)
+
+
+def test_ids_are_stable_for_moving_boxes() -> None:
+    tracker = Tracker()
+    seen = [tracker.update(dets(box(10 + 8 * t, 50), box(400, 50 + 5 * t)))
+            for t in range(20)]
+    assert all(s.tracker_id.tolist() == [1, 2] for s in seen)
+    assert tracker.active_ids == (1, 2)
+
+
+def test_rows_keep_their_order_and_values() -> None:
+    tracker = Tracker()
+    tracker.update(dets(box(0, 0), box(300, 0)))
+    out = tracker.update(dets(box(302, 0), box(2, 0)))  # listed the other way round
+    assert out.tracker_id.tolist() == [2, 1]
+    np.testing.assert_array_equal(out.xyxy, dets(box(302, 0), box(2, 0)).xyxy)
+    assert out.labels == ("person", "car")
+
+
+def test_a_new_object_gets_a_new_id() -> None:
+    tracker = Tracker()
+    tracker.update(dets(box(10, 10)))
+    out = tracker.update(dets(box(12, 10), box(300, 300)))
+    assert out.tracker_id.tolist() == [1, 2]
+
+
+def test_ids_are_class_consistent() -> None:
+    tracker = Tracker()
+    tracker.update(dets(box(10, 10), classes=[0]))
+    out = tracker.update(dets(box(10, 10), classes=[1]))  # same place, other class
+    assert out.tracker_id.tolist() == [2]
+
+
+@pytest.mark.parametrize(("gap", "same_id"), [(2, True), (3, False)])
+def test_ids_survive_max_missed_frames_then_retire(gap: int, same_id: bool) -> None:
+    tracker = Tracker(max_missed=2)
+    assert tracker.update(dets(box(10, 10))).tracker_id.tolist() == [1]
+    for _ in range(gap):
+        assert len(tracker.update(Detections.empty())) == 0
+    assert tracker.active_ids == ((1,) if same_id else ())
+    again = tracker.update(dets(box(10, 10))).tracker_id.tolist()
+    assert again == ([1] if same_id else [2])  # retired ids are never reused
+
+
+def test_empty_input() -> None:
+    tracker = Tracker()
+    out = tracker.update(Detections.empty())
+    assert len(out) == 0 and out.tracker_id.shape == (0,)
+    assert tracker.active_ids == ()
+
+
+def test_two_crossing_objects_keep_their_ids() -> None:
+    tracker = Tracker()
+    # One walks right, one walks left along the same line and they pass each other: right
+    # after, each is nearer the other's last box than its own.
+    for t in range(30):
+        a, b = box(7 * t, 100), box(200 - 7 * t, 100)
+        out = tracker.update(dets(a, b))
+        assert out.tracker_id.tolist() == [1, 2], t
+
+
+def test_missed_object_is_found_where_it_moved_to() -> None:
+    tracker = Tracker(max_missed=5)
+    for t in range(5):
+        tracker.update(dets(box(20 * t, 0)))
+    tracker.update(Detections.empty())
+    tracker.update(Detections.empty())
+    # Three steps on (t = 7) at 20 px/frame: the box a plain IoU match would have lost.
+    assert tracker.update(dets(box(140, 0))).tracker_id.tolist() == [1]
