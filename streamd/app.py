@@ -25,9 +25,7 @@ from streamd.capture import CameraState, CaptureWorker
 from streamd.config import CameraSettings, Config, TemplateDescriberSettings
 from streamd.describe import DescribeRequest, create_describer
 from streamd.describe.service import DescriberService
-from streamd.detect import create_detector
-from streamd.detect.crops import plan_regions
-from streamd.detect.service import DetectorService
+from streamd.detect import DetectorService, ServiceStopped, create_detector, plan_regions
 from streamd.detections import Detections
 from streamd.frames import Frame, FrameSlot
 from streamd.motion import MotionStage, Rois
@@ -85,6 +83,7 @@ class CameraPipeline:
         self._motion = MotionStage(app.settings.motion, camera.ignore)
         self._tracker = Tracker()
         self._errors = 0
+        self._detect_errors = 0
         self._thread = threading.Thread(target=self._run, name=f"analysis-{camera.name}",
                                         daemon=True)
 
@@ -147,6 +146,13 @@ class CameraPipeline:
                 except FutureTimeout:
                     log.error("camera=%s frame_id=%d detector timed out after %.0fs", name,
                               frame.frame_id, DETECT_TIMEOUT_S)
+                except ServiceStopped:
+                    pass  # shutting down: the frame is still published, without objects
+                except Exception as exc:  # the frame goes out without objects; so do others
+                    self._detect_errors += 1
+                    if self._detect_errors == 1 or self._detect_errors % 100 == 0:
+                        log.error("camera=%s frame_id=%d detector failed (%d so far): %s",
+                                  name, frame.frame_id, self._detect_errors, exc)
         t2 = time.perf_counter()
         dets = self._tracker.update(dets)
         t3 = time.perf_counter()
@@ -202,12 +208,14 @@ class App:
         self.publisher = Publisher(self.settings, config.mqtt_password, self.state)
         self.detector_service: DetectorService | None = None
         self.describer_service: DescriberService | None = None
-        det = self.settings.detector
-        self.detector_input_size = int(getattr(det, "input_size", 320))
-        self.max_regions = int(getattr(det, "max_batch", 8))
+        self.detector_input_size = 320
+        self.max_regions = 8
+        """Crops per frame at most; more ROIs are merged into fewer regions."""
         self.captures: dict[str, CaptureWorker] = {}
         self.pipelines: dict[str, CameraPipeline] = {}
         self._stop = threading.Event()
+        self._last_stats_mono = time.monotonic()
+        self._last_frames_in: dict[str, int] = {}
 
     def request_stop(self, why: str) -> None:
         if not self._stop.is_set():
@@ -221,6 +229,8 @@ class App:
             stack.callback(self._publish_stats)  # a final figure after everything drained
             detector = create_detector(s.detector)
             if detector is not None:
+                stack.callback(detector.close)
+                self.detector_input_size = detector.input_size
                 self.detector_service = stack.enter_context(DetectorService(detector))
             describer = create_describer(s.describer)
             if describer is not None:
@@ -264,25 +274,42 @@ class App:
             "latency_ms": round(latency_ms, 2)})
 
     def _publish_stats(self) -> None:
-        interval = self.settings.mqtt.stats_interval_s
+        """Per camera: rates over the time since the last stats, totals since start."""
+        now = time.monotonic()
+        elapsed = max(now - self._last_stats_mono, 1e-3)
+        self._last_stats_mono = now
+        shared: dict[str, Any] = {"mqtt_pending": self.publisher.pending,
+                                  "mqtt_dropped": dict(self.publisher.dropped)}
+        if self.detector_service is not None:
+            d = self.detector_service
+            shared["detector"] = {"batches": d.batches, "crops": d.crops,
+                                  "last_batch_size": d.last_batch_size,
+                                  "infer_ms": round(d.infer_ms_ema, 2)}
+        if self.describer_service is not None:
+            ds = self.describer_service.stats
+            shared["describer"] = {"described": ds.described, "queued": ds.queued,
+                                   "dropped": ds.dropped, "rate_limited": ds.rate_limited,
+                                   "failed": ds.failed, "queue": self.describer_service.depth}
         for name, pipe in self.pipelines.items():
             cap = self.captures.get(name)
             times, pipe.times = pipe.times, StageTimes()
             payload: dict[str, Any] = {
                 "ts": round(time.time(), 6),
                 "state": cap.state.value if cap else "stopped",
-                "interval_s": interval,
-                "fps_analysed": round(times.frames / interval, 2),
+                "interval_s": round(elapsed, 3),
+                "fps_analysed": round(times.frames / elapsed, 2),
                 "frames_analysed": pipe.analysed,
                 "stage_ms": times.mean_ms(),
                 "latency_ms": self.publisher.latency[name].percentiles(),
                 "dropped": pipe.slot.dropped,
-                "mqtt_pending": self.publisher.pending,
-                "mqtt_dropped": dict(self.publisher.dropped),
+                **shared,
             }
             if cap is not None:
                 st = cap.stats
-                payload.update(frames_in=st.frames_read, skipped=st.skipped,
+                last = self._last_frames_in.get(name, 0)
+                self._last_frames_in[name] = st.frames_read
+                payload.update(fps_in=round((st.frames_read - last) / elapsed, 2),
+                               frames_in=st.frames_read, skipped=st.skipped,
                                decode_errors=st.decode_errors, reconnects=st.reconnects)
             self.publisher.publish_camera(name, "stats", payload,
                                           qos=self.settings.mqtt.stats_qos)

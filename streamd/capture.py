@@ -175,7 +175,10 @@ class CaptureWorker:
                       cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(cam.read_timeout_s * 1000)]
             with _env_lock:
                 if cam.kind == "rtsp":
-                    os.environ[_FFMPEG_ENV] = f"rtsp_transport;{cam.rtsp_transport}"
+                    # A short probe: FFmpeg's default analysis takes ~3 s and then hands out a
+                    # burst of stale buffered frames.
+                    os.environ[_FFMPEG_ENV] = (f"rtsp_transport;{cam.rtsp_transport}"
+                                               "|analyzeduration;500000")
                 else:
                     os.environ.pop(_FFMPEG_ENV, None)
                 cap = cv2.VideoCapture(str(cam.url), cv2.CAP_FFMPEG, params)

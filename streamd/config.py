@@ -97,8 +97,9 @@ class ONNXRuntimeDetectorSettings(_DetectorBase):
 
 class HOGDetectorSettings(_DetectorBase):
     backend: Literal["hog"]
-    confidence: float = Field(0.3, ge=0.0, le=10.0,
-                              description="Minimum SVM margin (HOG scores are not probabilities).")
+    confidence: float = Field(
+        0.25, ge=0.0, lt=1.0, description="Minimum score; HOG's SVM margin m is published as "
+        "m / (1 + m), so 0.25 keeps margins above 0.33.")
     min_height: int = Field(96, ge=64, le=4096,
                             description="Crops are upscaled so a person this tall is found.")
 

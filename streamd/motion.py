@@ -64,19 +64,22 @@ _ITERATIONS = 2
 _POLY_N = 5
 _POLY_SIGMA = 1.1
 
-# Change test, on float32 frames this wide. INTER_AREA averaging cuts sensor noise by the
-# downscale factor while a moving edge keeps contrast x displacement, so the test loses
-# little sensitivity and costs ~0.2 ms. 160 rather than 80 px: at 80 the averaging also
-# wipes out the fine texture of slow, low-contrast movers that the flow still finds
-# (measured on synthetic scenes with sigma 10-20 sensor noise: recall 0.82 -> 0.90).
+# Change test, on float32 frames this wide (at most half the flow width, so each pixel
+# averages >= 2x2 uint8 pixels and the noise estimate is not broken by quantisation steps).
+# INTER_AREA averaging cuts sensor noise by the downscale factor while a moving edge keeps
+# contrast x displacement, so the test loses little sensitivity and costs ~0.2 ms. 160
+# rather than 80 px: at 80 the averaging also wipes out the fine texture of slow,
+# low-contrast movers that the flow still finds (synthetic, sigma-10 noise, textured 1-2
+# px/frame movers: recall 0.82 at 80 px, 0.90 at 160 px).
 _CHANGE_WIDTH = 160
 _CHANGE_TESTS = ((1, 24.0), (3, 5.1), (7, 2.3))
-"""(window side in coarse-frame pixels, ratio): a pixel changed if the mean squared difference over
-the window centred on it exceeds ratio * sigma^2. Each ratio is the chi-square quantile
-(df = window area, divided by it) that gaussian noise exceeds with probability ~1e-6 per
-pixel, so a still, noisy scene rarely opens the gate (~10 % of frames measured). The single
-pixel catches small, strong changes (about 5 sigma); the wider windows catch large, faint
-ones (a slow, low-contrast object: about 1.5 sigma over 7x7) that no single pixel shows."""
+"""(window side in change-frame pixels, ratio): a pixel changed if the mean squared
+difference over the window centred on it exceeds ratio * sigma^2. Each ratio is the
+chi-square quantile (df = window area, divided by it) that gaussian noise exceeds with
+probability ~1e-6 per pixel, so a still, noisy scene rarely opens the gate (~10 % of frames
+at sigma 8 measured). The single pixel catches small, strong changes (about 5 sigma); the
+wider windows catch large, faint ones (about 1.5 sigma over 7x7) that no single pixel
+shows."""
 _CHANGE_MIN = 1.0
 """Grey levels (rms over the window): below this nothing physical moved, whatever the
 noise estimate says (quantisation, identical encoder frames, a perfectly clean source)."""
@@ -376,6 +379,7 @@ class MotionStage:
             return Rois.empty()
         wh = boxes[:, 2:] - boxes[:, :2]
         boxes = boxes + np.hstack([-wh, wh]) * s.pad
+        boxes = np.clip(boxes, 0, [sw, sh, sw, sh])
         boxes = _merge_boxes(boxes)
         area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
         boxes = boxes[np.argsort(-area, kind="stable")[:s.max_rois]]

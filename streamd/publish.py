@@ -255,6 +255,7 @@ class Publisher:
                 elif info.mid in self._early_acks:
                     self._early_acks.discard(info.mid)
                     self.acked += msg.qos > 0
+                self._cond.notify_all()  # stop() may be waiting for the outbox to empty
             if msg.origin_mono is not None and msg.camera is not None:
                 self.latency[msg.camera].add((time.monotonic() - msg.origin_mono) * 1000.0)
 

@@ -90,7 +90,7 @@ def render(background: Grey, movers: Sequence[Mover], *, bounce: bool = True,
         rng = rng or np.random.default_rng(0)
         noisy = img + rng.standard_normal(img.shape, np.float32) * noise
         img = np.clip(noisy, 0, 255).astype(np.uint8)
-    return img
+    return np.asarray(img, np.uint8)
 
 
 def frame(image: Grey, frame_id: int = 0) -> Frame:
@@ -144,7 +144,7 @@ def assert_inside(rois: Rois, wh: tuple[int, int]) -> None:
 def measure_recall(*, seeds: Iterable[int] = range(3), n_objects: Iterable[int] = (1, 2, 3),
                    noise: float = 0.0, threshold: str | float = "auto", n_frames: int = 12,
                    wh: tuple[int, int] = (640, 480), scale_width: int = 320,
-                   min_cover: float = 0.7) -> float:
+                   speed: tuple[float, float] = (2, 6), min_cover: float = 0.7) -> float:
     """Fraction of ground-truth objects covered >= `min_cover` by one ROI, over every frame
     after the first of every scene (seed x object count); also checks boxes stay inside."""
     hits = total = 0
@@ -152,9 +152,9 @@ def measure_recall(*, seeds: Iterable[int] = range(3), n_objects: Iterable[int] 
     for seed in seeds:
         for n in n_objects:
             frames, truth = random_scene(seed * 100 + n, n, wh=wh, n_frames=n_frames,
-                                         noise=noise)
+                                         noise=noise, speed=speed)
             stage = MotionStage(settings)
-            for rois, gts in list(zip(run(stage, frames), truth))[1:]:
+            for rois, gts in list(zip(run(stage, frames), truth, strict=True))[1:]:
                 assert_inside(rois, wh)
                 hits += sum(coverage(gt, rois) >= min_cover for gt in gts)
                 total += len(gts)
@@ -191,16 +191,19 @@ def test_rois_empty() -> None:
     (0, 1, 0, False),
 ])
 def test_rois_rows_must_agree(n_xyxy: int, n_motion: int, n_flow: int, ok: bool) -> None:
-    args = (np.zeros((n_xyxy, 4)), np.zeros(n_motion), np.zeros((n_flow, 2)))
+    xyxy = np.zeros((n_xyxy, 4), np.int32)
+    motion = np.zeros(n_motion, np.float32)
+    flow_xy = np.zeros((n_flow, 2), np.float32)
     if ok:
-        assert len(Rois(*args)) == n_xyxy
+        assert len(Rois(xyxy, motion, flow_xy)) == n_xyxy
     else:
         with pytest.raises(ValueError, match="rows"):
-            Rois(*args)
+            Rois(xyxy, motion, flow_xy)
 
 
 def test_rois_are_read_only() -> None:
-    rois = Rois(np.array([[1, 2, 3, 4]]), np.array([1.0]), np.array([[1.0, 0.0]]))
+    rois = Rois(np.array([[1, 2, 3, 4]], np.int32), np.array([1.0], np.float32),
+                np.array([[1.0, 0.0]], np.float32))
     with pytest.raises(ValueError):
         rois.xyxy[0, 0] = 9
 
@@ -238,6 +241,8 @@ GAMMA_B: list[Rect] = [(110, 120, 134, 124), (130, 110, 134, 124)]  # ⌟, boxes
     ([(10, 10, 12, 12)], 0.0, 0.0, []),                         # a 2x2 speck is opened away
     ([(40, 30, 80, 70), (200, 200, 202, 202)], 0.0, 0.0, [(80, 60, 160, 140)]),
     ([(300, 220, 320, 240)], 0.0, 0.5, [(580, 420, 640, 480)]),  # padded, then clipped
+    ([(0, 0, 20, 20)], 0.0, 0.5, [(0, 0, 60, 60)]),
+    ([(40, 30, 80, 50), (40, 53, 80, 70)], 0.0, 0.0, [(80, 60, 160, 140)]),  # closed gap
     ([(40, 30, 80, 70), (100, 30, 120, 50)], 0.0, 0.0, [(80, 60, 160, 140), (200, 60, 240, 100)]),
     ([(40, 30, 80, 70), (100, 30, 120, 50)], 0.05, 0.0, []),     # 1600 px < 5 % of 76800
     ([(40, 30, 80, 70), (100, 30, 120, 50)], 0.01, 0.0, [(80, 60, 160, 140)]),
@@ -487,6 +492,15 @@ def test_frame_size_change_resets() -> None:
         for r in rois[1:]:
             assert_inside(r, wh)
         assert coverage(truth[2][0], rois[2]) > 0.7
+
+
+@pytest.mark.parametrize("wh", [(1, 1), (5, 3), (4, 100), (100, 4), (33, 20)])
+def test_tiny_frames_do_not_crash(wh: tuple[int, int]) -> None:
+    rng = np.random.default_rng(47)
+    stage = MotionStage(MotionSettings(), ignore=[[(0, 0), (3, 0), (0, 3)]])
+    for i in range(3):
+        rois = stage.propose(frame(rng.integers(0, 255, wh[::-1], dtype=np.uint8), i))
+        assert_inside(rois, wh)
 
 
 def test_grey_image_gives_the_same_rois_as_bgr() -> None:

@@ -98,6 +98,11 @@ class DescriberService:
                  tb: TracebackType | None) -> None:
         self.stop()
 
+    @property
+    def depth(self) -> int:
+        """Requests waiting for the model."""
+        return len(self._queue)
+
     def wants(self, camera: str, object_id: int, label: str, now: float) -> bool:
         """Is this object due a description: new, relabelled, or described too long ago?"""
         last = self._seen.get((camera, object_id))

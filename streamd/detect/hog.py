@@ -39,7 +39,8 @@ class HOGDetector:
 
     Each image is rescaled first so that a person `min_height` px tall fills the window's
     person height (small crops are upscaled, large `min_height` lets big frames shrink and run
-    faster). SVM margins are the confidence; overlapping groups are merged by OpenCV's
+    faster). The SVM margin m becomes the score m / (1 + m): the contract's scores live in
+    [0, 1] for every backend, and the order (hence NMS) is unchanged; overlapping groups are merged by OpenCV's
     grouping, then NMS drops boxes nested in others.
     """
 
@@ -76,7 +77,8 @@ class HOGDetector:
                                               scale=1.05)
         if len(rects) == 0:
             return Detections.empty(self.labels)
-        score = np.asarray(weights, np.float32).reshape(-1)
+        margin = np.clip(np.asarray(weights, np.float32).reshape(-1), 0.0, None)
+        score = margin / (1.0 + margin)  # SVM margin squashed into [0, 1), order kept
         xywh = np.asarray(rects, np.float32).reshape(-1, 4) / scale
         mx, my = xywh[:, 2] * WINDOW_MARGIN[0], xywh[:, 3] * WINDOW_MARGIN[1]
         xyxy = np.stack([xywh[:, 0] + mx, xywh[:, 1] + my, xywh[:, 0] + xywh[:, 2] - mx,

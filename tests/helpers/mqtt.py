@@ -24,6 +24,8 @@ from typing import IO, Any, TypeVar
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from tests.helpers.procs import die_with_parent
+
 MOSQUITTO = os.environ.get("STREAMD_TEST_MOSQUITTO") or shutil.which("mosquitto") \
     or "/usr/sbin/mosquitto"
 """mosquitto binary (Debian installs it in /usr/sbin, often not on a user's PATH)."""
@@ -118,7 +120,7 @@ class Mosquitto:
         self._log = open(self.log_path, "ab")  # noqa: SIM115  (closed in stop())
         self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.conf_path)],
                                      stdout=self._log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+                                     start_new_session=True, preexec_fn=die_with_parent)
         try:
             wait_port(self.host, self.port, timeout_s, alive=lambda: self.running)
         except BaseException as exc:

@@ -7,6 +7,7 @@ library.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import socket
@@ -21,6 +22,22 @@ from typing import IO, Any
 import yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+
+_PR_SET_PDEATHSIG = 1
+try:
+    _LIBC: ctypes.CDLL | None = ctypes.CDLL(None, use_errno=True) \
+        if sys.platform.startswith("linux") else None
+except OSError:
+    _LIBC = None
+
+
+def die_with_parent() -> None:
+    """``preexec_fn`` for every child a test starts: the kernel sends it SIGTERM when the test
+    process dies. Children run in their own session (so a Ctrl-C reaches pytest, whose
+    teardown then stops them in order), which also means a pytest killed by a CI timeout would
+    otherwise leave brokers, cameras and daemons running, holding ports."""
+    if _LIBC is not None:
+        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 _handed_out: set[int] = set()
 _port_lock = threading.Lock()
@@ -124,7 +141,7 @@ class Daemon:
         self.started_at = time.time()
         self.proc = subprocess.Popen(self.command, cwd=self.workdir, env=streamd_env(self.env),
                                      stdout=out, stderr=err, stdin=subprocess.DEVNULL,
-                                     start_new_session=True)
+                                     start_new_session=True, preexec_fn=die_with_parent)
         return self
 
     @property

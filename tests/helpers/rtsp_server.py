@@ -312,10 +312,12 @@ class RtspServer:
         if self.log_dir is not None:
             self.log_dir.mkdir(parents=True, exist_ok=True)
             self._stderr = open(self.log_dir / f"rtsp-{self.port}-{self.starts}.log", "w")  # noqa: SIM115
+        from tests.helpers.procs import die_with_parent  # venv side only; see module doc
+
         self.proc = subprocess.Popen(
             self.command(), stdout=subprocess.PIPE, text=True,
             stderr=self._stderr if self._stderr is not None else subprocess.DEVNULL,
-            start_new_session=True)
+            start_new_session=True, preexec_fn=die_with_parent)
         deadline = time.monotonic() + timeout_s
         try:
             self._wait_ready_line(deadline)
