@@ -51,7 +51,7 @@ class StageTimes:
 
 
 def _box(xyxy: np.ndarray) -> list[int]:
-    return [int(round(float(v))) for v in xyxy]
+    return [round(float(v)) for v in xyxy]
 
 
 def _flow_for(box: np.ndarray, rois: Rois) -> tuple[float, float] | None:

@@ -150,8 +150,11 @@ class CaptureWorker:
             exc = rs.outcome.exception() if rs.outcome else None
             self._set_state(CameraState.RECONNECTING, str(exc))
 
+        def sleep(seconds: float) -> None:
+            self._stop.wait(seconds)
+
         retrying = tenacity.Retrying(
-            sleep=lambda seconds: None if self._stop.wait(seconds) else None,
+            sleep=sleep,
             wait=tenacity.wait_exponential_jitter(initial=0.25, max=self.camera.reconnect_max_s,
                                                   jitter=0.5),
             retry=tenacity.retry_if_exception_type(SourceError),

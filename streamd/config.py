@@ -118,7 +118,8 @@ class TemplateDescriberSettings(_Model):
     backend: Literal["template"]
     max_per_second: float = Field(5.0, gt=0, description="Descriptions per second, all cameras.")
     refresh_s: float = Field(30.0, gt=0, description="Describe a tracked object again after this.")
-    queue_size: int = Field(64, ge=1, description="Pending requests; the oldest is dropped past it.")
+    queue_size: int = Field(
+        64, ge=1, description="Pending requests; the oldest is dropped past it.")
 
 
 class NoDescriberSettings(_Model):

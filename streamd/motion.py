@@ -200,6 +200,7 @@ class MotionStage:
         self._scale = 1.0
         self._scale_xy = (1.0, 1.0)
         self._ignore: _Mask | None = None
+        self._coarse_live: _Mask | None = None
         self._open_kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3))
         self._close_kernel = self._open_kernel
         self._prev: _U8 | None = None
@@ -249,7 +250,7 @@ class MotionStage:
         if prev is not None and self._ignore is not None:
             np.copyto(small, prev, where=self._ignore)
         coarse = np.asarray(cv2.resize(small.astype(np.float32), self._coarse_wh,
-                                     interpolation=cv2.INTER_AREA), np.float32)
+                                       interpolation=cv2.INTER_AREA), np.float32)
         prev_coarse = self._prev_coarse
         self._prev, self._prev_coarse = small, coarse
         if prev is None or prev_coarse is None:
@@ -285,13 +286,17 @@ class MotionStage:
         self._scale = (w / sw + h / sh) / 2
         close = max(3, (sw // 64) | 1)  # 5 px at 320: bridges the gaps inside one object
         self._close_kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (close, close))
-        self._ignore = None
+        self._ignore = self._coarse_live = None
         if self._ignore_polys:
             mask = np.zeros((sh, sw), np.uint8)
             sx, sy = self._scale_xy
             pts = [np.round(p / (sx, sy)).astype(np.int32) for p in self._ignore_polys]
             cv2.fillPoly(mask, pts, 1)
             self._ignore = mask.astype(bool)
+            # change-frame pixels not wholly inside a zone: the frozen ones differ by exactly
+            # 0 and would drag the noise estimate down
+            area = cv2.resize(mask.astype(np.float32), (tw, th), interpolation=cv2.INTER_AREA)
+            self._coarse_live = np.asarray(area, np.float32) < 0.999
 
     def _small_grey(self, image: npt.NDArray[np.uint8]) -> _U8:
         if image.ndim == 2:
@@ -313,7 +318,10 @@ class MotionStage:
         less than half the frame does not disturb, smoothed over frames.
         """
         diff = np.asarray(cv2.absdiff(coarse, prev_coarse), np.float32)
-        sigma = float(np.median(diff)) / _HALF_NORMAL_MEDIAN
+        live = diff if self._coarse_live is None else diff[self._coarse_live]
+        if live.size == 0:  # everything is ignored
+            return np.zeros(diff.shape, bool)
+        sigma = float(np.median(live)) / _HALF_NORMAL_MEDIAN
         if self._noise_sigma is None:
             self._noise_sigma = sigma
         else:
@@ -389,11 +397,11 @@ class MotionStage:
         """Per box (flow scale): does it hold a coarse-frame pixel that changed?"""
         th, tw = changed.shape
         sw, sh = self._small_wh
-        fx, fy = tw / sw, th / sh
+        kx, ky = tw / sw, th / sh
         out = np.zeros(len(boxes), bool)
         for i, (x1, y1, x2, y2) in enumerate(boxes):
-            tx1, ty1 = math.floor(x1 * fx), math.floor(y1 * fy)
-            tx2, ty2 = max(math.ceil(x2 * fx), tx1 + 1), max(math.ceil(y2 * fy), ty1 + 1)
+            tx1, ty1 = math.floor(x1 * kx), math.floor(y1 * ky)
+            tx2, ty2 = max(math.ceil(x2 * kx), tx1 + 1), max(math.ceil(y2 * ky), ty1 + 1)
             region = changed[ty1:ty2, tx1:tx2]
             out[i] = bool(region.any())
         return out

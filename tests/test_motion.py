@@ -383,6 +383,19 @@ def test_ignore_polygon_suppresses_motion_inside_it(margin: int) -> None:
         assert len(b) == 1 and coverage(outside.box, b) > 0.7
 
 
+def test_large_ignore_zone_does_not_blind_the_noise_estimate() -> None:
+    """A zone covering most of the frame is frozen (no change at all); the noise estimate
+    must come from the rest, or noise there would open the gate and pass as motion."""
+    rng = np.random.default_rng(53)
+    image = still(kind="flat")
+    zone = [(0.0, 0.0), (230.0, 0.0), (230.0, 240.0), (0.0, 240.0)]  # 72 % of 320x240
+    stage = MotionStage(MotionSettings(scale_width=160), ignore=[zone])
+    n = 20
+    rois = run(stage, [frame(render(image, [], noise=8.0, rng=rng), i) for i in range(n)])
+    assert sum(map(len, rois)) == 0
+    assert stage.skipped >= (n - 1) // 2
+
+
 def test_ignore_polygon_needs_three_points() -> None:
     with pytest.raises(ValueError, match="3 points"):
         MotionStage(MotionSettings(), ignore=[[(0.0, 0.0), (10.0, 10.0)]])

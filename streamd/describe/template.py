@@ -21,7 +21,7 @@ STILL_PX = 0.5
 
 
 def zone(box: tuple[int, int, int, int], frame_wh: tuple[int, int]) -> str:
-    """Name the cell of a 3×3 grid that holds the box centre.
+    """Name the cell of a 3x3 grid that holds the box centre.
 
     >>> zone((0, 0, 10, 10), (300, 300))
     'top-left'

@@ -40,8 +40,8 @@ class HOGDetector:
     Each image is rescaled first so that a person `min_height` px tall fills the window's
     person height (small crops are upscaled, large `min_height` lets big frames shrink and run
     faster). The SVM margin m becomes the score m / (1 + m): the contract's scores live in
-    [0, 1] for every backend, and the order (hence NMS) is unchanged; overlapping groups are merged by OpenCV's
-    grouping, then NMS drops boxes nested in others.
+    [0, 1] for every backend, and the order (hence NMS) is unchanged. Overlapping groups are
+    merged by OpenCV's grouping, then NMS drops boxes nested in others.
     """
 
     labels: tuple[str, ...] = ("person",)
