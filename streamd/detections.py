@@ -17,7 +17,8 @@ FloatArray = npt.NDArray[np.float32]
 IntArray = npt.NDArray[np.int64]
 
 
-def _readonly(a: npt.NDArray[np.generic]) -> npt.NDArray[np.generic]:
+def readonly(a: npt.NDArray[np.generic]) -> npt.NDArray[np.generic]:
+    """A contiguous, write-protected array: result types share arrays, never mutate them."""
     a = np.ascontiguousarray(a)
     a.setflags(write=False)
     return a
@@ -50,10 +51,10 @@ class Detections:
                           ("tracker_id", tracker_id)):
             if len(arr) != n:
                 raise ValueError(f"Detections.{name} has {len(arr)} rows, xyxy has {n}")
-        object.__setattr__(self, "xyxy", _readonly(xyxy))
-        object.__setattr__(self, "confidence", _readonly(confidence))
-        object.__setattr__(self, "class_id", _readonly(class_id))
-        object.__setattr__(self, "tracker_id", _readonly(tracker_id))
+        object.__setattr__(self, "xyxy", readonly(xyxy))
+        object.__setattr__(self, "confidence", readonly(confidence))
+        object.__setattr__(self, "class_id", readonly(class_id))
+        object.__setattr__(self, "tracker_id", readonly(tracker_id))
         object.__setattr__(self, "labels", tuple(self.labels))
 
     @classmethod

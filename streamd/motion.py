@@ -41,6 +41,7 @@ import numpy as np
 import numpy.typing as npt
 
 from streamd.config import MotionSettings
+from streamd.detections import readonly
 from streamd.frames import Frame
 
 log = logging.getLogger(__name__)
@@ -102,12 +103,6 @@ _MAD_TO_SIGMA = 1.4826
 _HALF_NORMAL_MEDIAN = 0.6745
 
 
-def _readonly(a: npt.NDArray[np.generic]) -> npt.NDArray[np.generic]:
-    a = np.ascontiguousarray(a)
-    a.setflags(write=False)
-    return a
-
-
 @dataclass(frozen=True, eq=False)
 class Rois:
     """N moving regions of one frame, one array per field, read-only.
@@ -131,9 +126,9 @@ class Rois:
         for name, arr in (("motion", motion), ("flow_xy", flow_xy)):
             if len(arr) != n:
                 raise ValueError(f"Rois.{name} has {len(arr)} rows, xyxy has {n}")
-        object.__setattr__(self, "xyxy", _readonly(xyxy))
-        object.__setattr__(self, "motion", _readonly(motion))
-        object.__setattr__(self, "flow_xy", _readonly(flow_xy))
+        object.__setattr__(self, "xyxy", readonly(xyxy))
+        object.__setattr__(self, "motion", readonly(motion))
+        object.__setattr__(self, "flow_xy", readonly(flow_xy))
 
     @classmethod
     def empty(cls) -> Rois:

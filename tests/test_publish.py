@@ -13,6 +13,7 @@ from streamd.config import Settings, validate
 from streamd.publish import Publisher
 from streamd.state import StateStore
 from tests.helpers.mqtt import Collector, Mosquitto, read_retained
+from tests.helpers.procs import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -71,7 +72,10 @@ def test_seq_continues_across_a_publisher_restart(mosquitto: Mosquitto,
 
 
 def test_broker_restart_loses_nothing_published_meanwhile(
-        mosquitto: Mosquitto, tmp_path: Path) -> None:
+        mosquitto_bin: str, tmp_path: Path) -> None:
+    # A persistent broker and session: the subscriber's queue survives the restart, so what
+    # is missing could only have been lost by the publisher.
+    mosquitto = Mosquitto(free_port(), tmp_path / "mq", persistence=True).start()
     sub = Collector("127.0.0.1", mosquitto.port, "streamd/pub/cam/detections",
                     client_id="persistent-sub", clean_session=False).start()
     pub = Publisher(settings(mosquitto.port), None, StateStore(tmp_path)).start()
@@ -90,15 +94,14 @@ def test_broker_restart_loses_nothing_published_meanwhile(
     finally:
         pub.stop()
         sub.stop()
-    seqs = [m.json["seq"] for m in sub.messages()]
-    assert sorted(set(seqs)) == list(range(1, 31))
-    fids = [m.json["frame_id"] for m in sub.messages()]
-    assert fids == sorted(fids)
+        mosquitto.stop()
+    # QoS 1 is at-least-once: a message in flight at the restart may arrive twice.
+    first_seen = list(dict.fromkeys(m.json["seq"] for m in sub.messages()))
+    assert first_seen == list(range(1, 31))  # all of them, in order
 
 
 def test_full_outbox_drops_oldest_detections_never_status(tmp_path: Path) -> None:
     # No broker at all: everything stays in the outbox.
-    from tests.helpers.procs import free_port
     pub = Publisher(settings(free_port(), max_pending=100), None, StateStore(tmp_path)).start()
     try:
         pub.publish_status("cam", "streaming", None)
