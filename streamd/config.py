@@ -65,8 +65,11 @@ class MQTTSettings(_Model):
     publish_empty: bool = Field(False, description="Publish detections for frames with nothing.")
     stats_interval_s: float = Field(10.0, gt=0, le=3600)
     max_pending: int = Field(
-        100_000, ge=100, description="Messages held in memory while the broker is away; "
-        "past it the oldest detections are dropped (and counted), never status.")
+        100_000, ge=100, description="Messages kept in the durable outbox while the broker "
+        "is away; past it the oldest stats, then detections, then descriptions are dropped "
+        "(and counted), never status.")
+    max_pending_bytes: int = Field(
+        256 * 1024 * 1024, ge=64 * 1024, description="The same bound in payload bytes.")
 
     @field_validator("topic_prefix")
     @classmethod

@@ -1,10 +1,10 @@
 """The MQTT side: contract v1 topics and payloads, per-(camera, topic) `seq`, LWT, ordering.
 
 Callers never block on the network: `publish_camera()` stamps the message with its `seq`
-and appends it to an in-memory outbox; a pump thread hands messages to paho in order, only
-while connected, with a bounded number awaiting PUBACK. While the broker is away the outbox
-grows up to `mqtt.max_pending`, then drops the oldest stats, then detections, then
-descriptions — never status — and counts what it dropped.
+and stores it in the durable `Outbox` (SQLite, in the state directory); a pump thread hands
+stored messages to paho in order, only while connected, with a bounded number awaiting
+PUBACK, and deletes each one when the broker acknowledged it. Broker outages and daemon
+restarts therefore lose nothing up to the outbox bound (see `streamd.outbox`).
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import logging
 import ssl
 import threading
 import time
-from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
@@ -26,28 +25,13 @@ from paho.mqtt.reasoncodes import ReasonCode
 from pydantic import SecretStr
 
 from streamd.config import Settings
+from streamd.outbox import Outbox, Row
 from streamd.redact import redact
 from streamd.state import Counter, StateStore
 
 log = logging.getLogger(__name__)
 
 CONTRACT_VERSION = 1
-DROP_ORDER = ("stats", "detections", "descriptions")
-"""Which messages go first when the outbox is full: periodic figures, then per-frame data;
-status is never dropped (it is retained state a dashboard relies on)."""
-
-
-@dataclass(frozen=True)
-class Message:
-    topic: str
-    payload: bytes
-    qos: int
-    retain: bool
-    kind: str
-    camera: str | None = None
-    origin_mono: float | None = None
-    """Capture time of the frame this message is about, for capture→publish latency."""
-
 
 def encode(payload: dict[str, Any]) -> bytes:
     """Compact JSON; numpy scalars and arrays become plain numbers and lists."""
@@ -94,16 +78,23 @@ class Publisher:
         self._m = settings.mqtt
         self._state = state
         self._seq: dict[tuple[str, str], Counter] = {}
-        self._outbox: collections.deque[Message] = collections.deque()
-        self._inflight: dict[int, Message] = {}
+        self.outbox = Outbox(settings.resolved_state_dir() / "outbox.sqlite",
+                             settings.mqtt.max_pending, settings.mqtt.max_pending_bytes)
+        self._cursor = 0
+        """Highest outbox id handed to paho in this process."""
+        self._last_put = self.outbox.last_id()
+        """Highest outbox id stored; a backlog from a previous run is sent first."""
+        self._inflight: dict[int, int] = {}
+        """paho mid → outbox id, for QoS >= 1 messages awaiting PUBACK."""
         self._early_acks: set[int] = set()
+        self._origins: dict[int, tuple[str, float]] = {}
+        """outbox id → (camera, capture monotonic time), for capture→publish latency."""
         self._max_inflight = max_inflight
         self._cond = threading.Condition()
         self._stopping = False
         self._connected = False
         self._closed = False
         self.latency: dict[str, LatencyWindow] = collections.defaultdict(LatencyWindow)
-        self.dropped: collections.Counter[str] = collections.Counter()
         self.sent = 0
         self.acked = 0
         self._client = self._make_client(password)
@@ -146,17 +137,18 @@ class Publisher:
         self._closed = True
         deadline = time.monotonic() + flush_timeout_s
         with self._cond:
-            while (self._outbox or self._inflight) and self._connected:
+            while len(self.outbox) and self._connected:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
                 self._cond.wait(remaining)
             self._stopping = True
-            pending = len(self._outbox) + len(self._inflight)
+            pending = len(self.outbox)
             self._cond.notify_all()
         self._pump.join(2.0)
         if pending:
-            log.warning("mqtt stopping with %d messages not acknowledged", pending)
+            log.warning("mqtt stopping with %d messages not acknowledged; they stay in %s "
+                        "and are sent after the next start", pending, self.outbox.path)
         if self._connected:
             info = self._client.publish(f"{self.prefix}/status", "offline", qos=1, retain=True)
             try:
@@ -165,6 +157,7 @@ class Publisher:
                 log.warning("mqtt could not publish offline: %s", exc)
         self._client.disconnect()
         self._client.loop_stop()
+        self.outbox.close()
         for counter in self._seq.values():
             counter.commit()
 
@@ -181,8 +174,13 @@ class Publisher:
 
     @property
     def pending(self) -> int:
-        with self._cond:
-            return len(self._outbox) + len(self._inflight)
+        """Messages not yet acknowledged by the broker."""
+        return len(self.outbox)
+
+    @property
+    def dropped(self) -> collections.Counter[str]:
+        """Messages dropped by the outbox bound, by kind."""
+        return self.outbox.dropped
 
     # -- publishing --------------------------------------------------------------------------
 
@@ -197,9 +195,9 @@ class Publisher:
                 counter = self._seq[key] = self._state.counter(f"seq/{camera}/{topic}")
             seq = counter.next()
             body = {"v": CONTRACT_VERSION, "camera": camera, **payload, "seq": seq}
-            self._enqueue(Message(f"{self.prefix}/{camera}/{topic}", encode(body),
-                                  self._m.qos if qos is None else qos, retain, topic, camera,
-                                  origin_mono))
+            self._enqueue(f"{self.prefix}/{camera}/{topic}", encode(body),
+                          self._m.qos if qos is None else qos, retain, topic, camera,
+                          origin_mono)
         return seq
 
     def publish_status(self, camera: str, state: str, reason: str | None) -> None:
@@ -207,57 +205,69 @@ class Publisher:
         body = {"v": CONTRACT_VERSION, "camera": camera, "state": state,
                 "since": round(time.time(), 6), "reason": redact(reason) if reason else None}
         with self._cond:
-            self._enqueue(Message(f"{self.prefix}/{camera}/status", encode(body), self._m.qos,
-                                  True, "status", camera))
+            self._enqueue(f"{self.prefix}/{camera}/status", encode(body), self._m.qos, True,
+                          "status", camera, None)
 
-    def _enqueue(self, msg: Message) -> None:
+    def _enqueue(self, topic: str, payload: bytes, qos: int, retain: bool, kind: str,
+                 camera: str | None, origin_mono: float | None) -> None:
         if self._stopping:
-            self.dropped[msg.kind] += 1
+            self.outbox.dropped[kind] += 1
             return
-        if len(self._outbox) >= self._m.max_pending:
-            self._drop_one()
-        self._outbox.append(msg)
+        row_id = self.outbox.put(topic, payload, qos, retain, kind, camera, self._cursor)
+        self._last_put = max(self._last_put, row_id)
+        if origin_mono is not None and camera is not None:
+            self._origins[row_id] = (camera, origin_mono)
         self._cond.notify_all()
 
-    def _drop_one(self) -> None:
-        for kind in DROP_ORDER:
-            for i, old in enumerate(self._outbox):
-                if old.kind == kind:
-                    del self._outbox[i]
-                    if not self.dropped[kind]:
-                        log.warning("mqtt outbox full (%d); dropping oldest %s",
-                                    self._m.max_pending, kind)
-                    self.dropped[kind] += 1
-                    return
-
     def _run(self) -> None:
-        """Hand messages to paho in order. paho's own lock is taken inside `publish()` and
-        held around `on_publish`, so ours is never held across the call (lock order)."""
+        """Hand stored messages to paho in order. paho's own lock is taken inside
+        `publish()` and held around `on_publish`, so ours is never held across the call."""
+        batch: collections.deque[Row] = collections.deque()
         while True:
             with self._cond:
                 while not self._stopping and not (
-                        self._connected and self._outbox
+                        self._connected and (batch or self._last_put > self._cursor)
                         and len(self._inflight) < self._max_inflight):
                     self._cond.wait()
                 if self._stopping:
                     return
-                msg = self._outbox.popleft()
-            info = self._client.publish(msg.topic, msg.payload, qos=msg.qos, retain=msg.retain)
-            with self._cond:
-                if info.rc == mqtt.MQTT_ERR_NO_CONN and msg.qos == 0:
-                    # paho keeps QoS>=1 messages for after the reconnect; QoS 0 it discards.
-                    self._outbox.appendleft(msg)
-                    self._connected = False
+            if not batch:
+                batch.extend(self.outbox.after(self._cursor, 64))
+                if not batch:  # rows above the cursor were dropped by the bound
+                    with self._cond:
+                        self._cursor = max(self._cursor, min(self._last_put,
+                                                             self.outbox.last_id()))
                     continue
+            row = batch.popleft()
+            info = self._client.publish(row.topic, row.payload, qos=row.qos, retain=row.retain)
+            if info.rc == mqtt.MQTT_ERR_NO_CONN and row.qos == 0:
+                # paho keeps QoS>=1 messages for after the reconnect; QoS 0 it discards.
+                batch.appendleft(row)
+                with self._cond:
+                    self._connected = False
+                continue
+            with self._cond:
+                self._cursor = row.id
                 self.sent += 1
-                if msg.qos > 0 and info.mid not in self._early_acks:
-                    self._inflight[info.mid] = msg
+                if row.qos == 0:
+                    acked = True
                 elif info.mid in self._early_acks:
                     self._early_acks.discard(info.mid)
-                    self.acked += msg.qos > 0
-                self._cond.notify_all()  # stop() may be waiting for the outbox to empty
-            if msg.origin_mono is not None and msg.camera is not None:
-                self.latency[msg.camera].add((time.monotonic() - msg.origin_mono) * 1000.0)
+                    acked = True
+                else:
+                    self._inflight[info.mid] = row.id
+                    acked = False
+                origin = self._origins.pop(row.id, None)
+            if acked:
+                self._acked(row.id)
+            if origin is not None:
+                self.latency[origin[0]].add((time.monotonic() - origin[1]) * 1000.0)
+
+    def _acked(self, row_id: int) -> None:
+        self.outbox.remove(row_id)
+        with self._cond:
+            self.acked += 1
+            self._cond.notify_all()  # stop() may be waiting for the outbox to empty
 
     # -- paho callbacks (network thread) -----------------------------------------------------
 
@@ -285,8 +295,8 @@ class Publisher:
     def _on_publish(self, client: mqtt.Client, userdata: object, mid: int,
                     reason_code: ReasonCode, properties: object) -> None:
         with self._cond:
-            if self._inflight.pop(mid, None) is not None:
-                self.acked += 1
-                self._cond.notify_all()
-            else:  # acknowledged before the pump recorded it (or a QoS 0 send completed)
+            row_id = self._inflight.pop(mid, None)
+            if row_id is None:  # acknowledged before the pump recorded it, or QoS 0 sent
                 self._early_acks.add(mid)
+                return
+        self._acked(row_id)

@@ -18,8 +18,9 @@ from tests.helpers.procs import free_port
 pytestmark = pytest.mark.integration
 
 
-def settings(port: int, **mqtt: object) -> Settings:
-    return validate({"site": "pub", "mqtt": {"host": "127.0.0.1", "port": port, **mqtt},
+def settings(port: int, state_dir: Path, **mqtt: object) -> Settings:
+    return validate({"site": "pub", "state_dir": str(state_dir),
+                     "mqtt": {"host": "127.0.0.1", "port": port, **mqtt},
                      "cameras": [{"name": "cam", "url": "x.avi"}]})
 
 
@@ -34,7 +35,7 @@ def test_contract_framing_seq_and_status(mosquitto: Mosquitto,
                                          collector: Callable[..., Collector],
                                          tmp_path: Path) -> None:
     sub = collector("streamd/pub/#")
-    pub = Publisher(settings(mosquitto.port), None, StateStore(tmp_path)).start()
+    pub = Publisher(settings(mosquitto.port, tmp_path), None, StateStore(tmp_path)).start()
     wait(lambda: pub.connected)
     for fid in range(1, 21):
         pub.publish_camera("cam", "detections", {"frame_id": fid, "ts": 1.0 + fid})
@@ -62,7 +63,7 @@ def test_seq_continues_across_a_publisher_restart(mosquitto: Mosquitto,
                                                   tmp_path: Path) -> None:
     sub = collector("streamd/pub/cam/detections")
     for _ in range(2):
-        pub = Publisher(settings(mosquitto.port), None, StateStore(tmp_path)).start()
+        pub = Publisher(settings(mosquitto.port, tmp_path), None, StateStore(tmp_path)).start()
         for fid in range(3):
             pub.publish_camera("cam", "detections", {"frame_id": fid})
         wait(lambda p=pub: p.connected and p.pending == 0)  # type: ignore[misc]
@@ -78,7 +79,7 @@ def test_broker_restart_loses_nothing_published_meanwhile(
     mosquitto = Mosquitto(free_port(), tmp_path / "mq", persistence=True).start()
     sub = Collector("127.0.0.1", mosquitto.port, "streamd/pub/cam/detections",
                     client_id="persistent-sub", clean_session=False).start()
-    pub = Publisher(settings(mosquitto.port), None, StateStore(tmp_path)).start()
+    pub = Publisher(settings(mosquitto.port, tmp_path), None, StateStore(tmp_path)).start()
     try:
         wait(lambda: pub.connected)
         for fid in range(1, 11):
@@ -102,7 +103,8 @@ def test_broker_restart_loses_nothing_published_meanwhile(
 
 def test_full_outbox_drops_oldest_detections_never_status(tmp_path: Path) -> None:
     # No broker at all: everything stays in the outbox.
-    pub = Publisher(settings(free_port(), max_pending=100), None, StateStore(tmp_path)).start()
+    pub = Publisher(settings(free_port(), tmp_path, max_pending=100), None,
+                    StateStore(tmp_path)).start()
     try:
         pub.publish_status("cam", "streaming", None)
         for fid in range(150):
@@ -115,9 +117,9 @@ def test_full_outbox_drops_oldest_detections_never_status(tmp_path: Path) -> Non
         # (it goes before detections), then 4 detections.
         assert pub.dropped["detections"] == 51 + 1 + 4
         assert pub.dropped["stats"] == 1
-        kinds = [m.kind for m in pub._outbox]
-        assert kinds[0] == "status"
-        frame_ids = [m.payload for m in pub._outbox if m.kind == "detections"]
+        rows = pub.outbox.after(0, 1000)
+        assert rows[0].kind == "status"
+        frame_ids = [r.payload for r in rows if r.kind == "detections"]
         assert b'"frame_id":1004' in frame_ids[-1]
     finally:
         pub.stop(flush_timeout_s=0.1)
