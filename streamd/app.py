@@ -22,13 +22,21 @@ from typing import Any
 import numpy as np
 
 from streamd.capture import CameraState, CaptureWorker
-from streamd.config import CameraSettings, Config, TemplateDescriberSettings
+from streamd.config import (
+    CameraSettings,
+    Config,
+    ConfigError,
+    TemplateDescriberSettings,
+    preflight,
+)
+from streamd.config import load as load_config
 from streamd.describe import DescribeRequest, create_describer
 from streamd.describe.service import DescriberService
 from streamd.detect import DetectorService, ServiceStopped, create_detector, plan_regions
 from streamd.detections import Detections
 from streamd.frames import Frame, FrameSlot
 from streamd.motion import MotionStage, Rois
+from streamd.notify import Notifier
 from streamd.publish import Publisher
 from streamd.state import StateStore
 from streamd.track import Tracker
@@ -36,6 +44,10 @@ from streamd.track import Tracker
 log = logging.getLogger(__name__)
 
 DETECT_TIMEOUT_S = 30.0
+ANALYSIS_STALL_S = DETECT_TIMEOUT_S + 15.0
+"""An analysis thread silent this long is stuck (a frame never takes longer than the
+detector timeout plus motion and publishing)."""
+STATUS_INTERVAL_S = 5.0
 
 
 @dataclass
@@ -197,6 +209,46 @@ class CameraPipeline:
                 flow_xy=_flow_for(dets.xyxy[i], rois), crop=frame.image[y1:y2, x1:x2]))
 
 
+class Camera:
+    """One camera's capture and analysis threads, started and stopped together (a reload
+    restarts exactly these)."""
+
+    def __init__(self, settings: CameraSettings, app: App) -> None:
+        self.settings = settings
+        self.pipeline = CameraPipeline(settings, FrameSlot(), app)
+        self.frame_ids = app.state.counter(f"frame_id/{settings.name}")
+        self.capture = CaptureWorker(settings, self.pipeline.slot, self.frame_ids,
+                                     app._on_camera_state, app.max_frames)
+
+    def start(self) -> Camera:
+        self.pipeline.start()
+        self.capture.start()
+        return self
+
+    def stop_capture(self, reason: str | None = None) -> None:
+        self.capture.stop(reason=reason)
+
+    def stop(self, reason: str | None = None) -> None:
+        """Stop reading, analyse what was read, keep the exact frame_id mark."""
+        self.capture.stop(reason=reason)
+        self.pipeline.stop()
+        self.frame_ids.commit()
+
+    @property
+    def done(self) -> bool:
+        return self.pipeline.done
+
+    def stall(self, now: float) -> str | None:
+        """Why this camera's threads look stuck, or None while they make progress."""
+        stalled = self.capture.stalled_for(now)
+        if stalled > self.capture.stall_limit_s:
+            return f"capture of {self.settings.name} stuck for {stalled:.0f}s"
+        if not self.pipeline.done and now - self.pipeline.last_progress_mono > ANALYSIS_STALL_S:
+            return f"analysis of {self.settings.name} stuck for " \
+                   f"{now - self.pipeline.last_progress_mono:.0f}s"
+        return None
+
+
 class App:
     """The daemon for one config. `run()` blocks until stopped or done; returns an exit code."""
 
@@ -211,8 +263,11 @@ class App:
         self.detector_input_size = 320
         self.max_regions = 8
         """Crops per frame at most; more ROIs are merged into fewer regions."""
-        self.captures: dict[str, CaptureWorker] = {}
-        self.pipelines: dict[str, CameraPipeline] = {}
+        self.cameras: dict[str, Camera] = {}
+        self.notifier = Notifier()
+        self._ready = False
+        self._started_mono = time.monotonic()
+        self._reload = threading.Event()
         self._stop = threading.Event()
         self._last_stats_mono = time.monotonic()
         self._last_frames_in: dict[str, int] = {}
@@ -221,6 +276,10 @@ class App:
         if not self._stop.is_set():
             log.info("stopping: %s", why)
         self._stop.set()
+
+    def request_reload(self) -> None:
+        """Signal-safe: the main loop re-reads the config at its next tick."""
+        self._reload.set()
 
     def run(self) -> int:
         s = self.settings
@@ -237,30 +296,108 @@ class App:
                 assert isinstance(s.describer, TemplateDescriberSettings)
                 self.describer_service = stack.enter_context(
                     DescriberService(describer, s.describer, self._on_description))
+            stack.callback(self.notifier.close)
+            stack.callback(self._stop_cameras)
             for cam in s.cameras:
-                if not cam.enabled:
-                    continue
-                slot = FrameSlot()
-                self.pipelines[cam.name] = stack.enter_context(CameraPipeline(cam, slot, self))
-            for cam in s.cameras:
-                if cam.name not in self.pipelines:
-                    continue
-                frame_ids = self.state.counter(f"frame_id/{cam.name}")
-                stack.callback(frame_ids.commit)
-                self.captures[cam.name] = stack.enter_context(CaptureWorker(
-                    cam, self.pipelines[cam.name].slot, frame_ids, self._on_camera_state,
-                    self.max_frames))
+                if cam.enabled:
+                    self.cameras[cam.name] = Camera(cam, self).start()
             log.info("running site=%s cameras=%d detector=%s describer=%s", s.site,
-                     len(self.pipelines), s.detector.backend, s.describer.backend)
-            next_stats = time.monotonic() + s.mqtt.stats_interval_s
-            while not self._stop.wait(0.2):
-                if all(p.done for p in self.pipelines.values()):
-                    log.info("every camera ended; publishing what is pending")
-                    break
-                if time.monotonic() >= next_stats:
-                    next_stats += s.mqtt.stats_interval_s
-                    self._publish_stats()
+                     len(self.cameras), s.detector.backend, s.describer.backend)
+            self._loop()
         return 0
+
+    def _loop(self) -> None:
+        """The main thread's duty cycle: reloads, stats, systemd status and watchdog."""
+        s = self.settings
+        now = time.monotonic()
+        next_stats = now + s.mqtt.stats_interval_s
+        next_status = now
+        next_watchdog = now
+        while not self._stop.wait(0.2):
+            now = time.monotonic()
+            if self._reload.is_set():
+                self._reload.clear()
+                self.reload()
+            if self.cameras and all(c.done for c in self.cameras.values()):
+                log.info("every camera ended; publishing what is pending")
+                break
+            if now >= next_stats:
+                next_stats = now + s.mqtt.stats_interval_s
+                self._publish_stats()
+            if not self._ready and ((self.publisher.connected and any(
+                    c.pipeline.analysed for c in self.cameras.values()))
+                    or now - self._started_mono >= s.ready_timeout_s):
+                self._ready = True
+                self.notifier.ready(self.summary())
+                log.info("ready: %s", self.summary())
+            elif now >= next_status:
+                self.notifier.status(self.summary())
+            if now >= next_status:
+                next_status = now + STATUS_INTERVAL_S
+            interval = self.notifier.watchdog_interval_s
+            if interval is not None and now >= next_watchdog:
+                stalls = [r for c in self.cameras.values() if (r := c.stall(now))]
+                if stalls:  # systemd restarts us after WatchdogSec: say why, once a tick
+                    log.error("watchdog withheld: %s", "; ".join(stalls))
+                else:
+                    self.notifier.watchdog()
+                    next_watchdog = now + interval
+        self.notifier.stopping("draining")
+
+    def summary(self) -> str:
+        """One line for `systemctl status`."""
+        states = [c.capture.state for c in self.cameras.values()]
+        streaming = sum(st == CameraState.STREAMING for st in states)
+        fps = sum(c.pipeline.times.frames for c in self.cameras.values()) / max(
+            time.monotonic() - self._last_stats_mono, 1e-3)
+        broker = "connected" if self.publisher.connected else "DISCONNECTED"
+        return (f"{streaming}/{len(states)} cameras streaming, {fps:.1f} fps analysed, "
+                f"broker {broker}, outbox {self.publisher.pending}")
+
+    def _stop_cameras(self) -> None:
+        """Stop all captures at once (so none waits on another), then drain analysis."""
+        for cam in self.cameras.values():
+            cam.stop_capture()
+        for cam in self.cameras.values():
+            cam.stop()
+
+    def reload(self) -> bool:
+        """Re-read the config file. Invalid: keep everything running as it is. Valid: stop
+        removed cameras, restart changed ones, start new ones; leave the others alone."""
+        path = self.config.source
+        try:
+            new_cfg = load_config(path)
+            problems = preflight(new_cfg)
+        except ConfigError as exc:
+            problems = exc.problems
+        if problems:
+            log.error("reload of %s failed; keeping the running config (%d problem(s)): %s",
+                      path, len(problems), "; ".join(str(p) for p in problems))
+            return False
+        new = new_cfg.settings
+        ignored = [k for k in type(new).model_fields
+                   if k != "cameras" and getattr(new, k) != getattr(self.settings, k)]
+        if ignored:
+            log.warning("reload: %s changed; that takes effect after a restart",
+                        ", ".join(ignored))
+        wanted = {c.name: c for c in new.cameras if c.enabled}
+        removed = [n for n in self.cameras if n not in wanted]
+        changed = [n for n in self.cameras if n in wanted
+                   and wanted[n] != self.cameras[n].settings]
+        added = [n for n in wanted if n not in self.cameras]
+        for name in removed:
+            self.cameras.pop(name).stop("removed from the config")
+            self._last_frames_in.pop(name, None)
+        for name in changed:
+            self.cameras.pop(name).stop("restarting with new settings")
+            self._last_frames_in.pop(name, None)
+        for name in changed + added:
+            self.cameras[name] = Camera(wanted[name], self).start()
+        self.settings = self.settings.model_copy(update={"cameras": new.cameras})
+        log.info("reload of %s: added=%s removed=%s restarted=%s unchanged=%d", path,
+                 ",".join(added) or "-", ",".join(removed) or "-", ",".join(changed) or "-",
+                 len(self.cameras) - len(added) - len(changed))
+        return True
 
     def _on_camera_state(self, camera: str, state: CameraState, reason: str | None) -> None:
         self.publisher.publish_status(camera, state.value, reason)
@@ -290,12 +427,12 @@ class App:
             shared["describer"] = {"described": ds.described, "queued": ds.queued,
                                    "dropped": ds.dropped, "rate_limited": ds.rate_limited,
                                    "failed": ds.failed, "queue": self.describer_service.depth}
-        for name, pipe in self.pipelines.items():
-            cap = self.captures.get(name)
+        for name, camera in list(self.cameras.items()):
+            pipe, cap = camera.pipeline, camera.capture
             times, pipe.times = pipe.times, StageTimes()
             payload: dict[str, Any] = {
                 "ts": round(time.time(), 6),
-                "state": cap.state.value if cap else "stopped",
+                "state": cap.state.value,
                 "interval_s": round(elapsed, 3),
                 "fps_analysed": round(times.frames / elapsed, 2),
                 "frames_analysed": pipe.analysed,
@@ -304,12 +441,11 @@ class App:
                 "dropped": pipe.slot.dropped,
                 **shared,
             }
-            if cap is not None:
-                st = cap.stats
-                last = self._last_frames_in.get(name, 0)
-                self._last_frames_in[name] = st.frames_read
-                payload.update(fps_in=round((st.frames_read - last) / elapsed, 2),
-                               frames_in=st.frames_read, skipped=st.skipped,
-                               decode_errors=st.decode_errors, reconnects=st.reconnects)
+            st = cap.stats
+            last = self._last_frames_in.get(name, 0)
+            self._last_frames_in[name] = st.frames_read
+            payload.update(fps_in=round((st.frames_read - last) / elapsed, 2),
+                           frames_in=st.frames_read, skipped=st.skipped,
+                           decode_errors=st.decode_errors, reconnects=st.reconnects)
             self.publisher.publish_camera(name, "stats", payload,
                                           qos=self.settings.mqtt.stats_qos)

@@ -29,6 +29,12 @@ from streamd.state import Counter
 log = logging.getLogger(__name__)
 
 _FFMPEG_ENV = "OPENCV_FFMPEG_CAPTURE_OPTIONS"
+# FFmpeg and OpenCV print a line per failed connect or damaged packet straight to stderr: a
+# dead camera would fill the journal. The camera status carries the reason instead, and
+# damaged frames are counted (`decode_errors`). Set these variables to debug a source.
+os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
+if "OPENCV_LOG_LEVEL" not in os.environ:
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
 _env_lock = threading.Lock()
 """OpenCV reads FFmpeg options from the process environment at open time; serialise opens."""
 
@@ -60,6 +66,9 @@ class CaptureStats:
     decode_errors: int = 0
     reconnects: int = 0
     last_frame_mono: float = 0.0
+    heartbeat_mono: float = 0.0
+    """Last time the thread showed it is not stuck (a read returned, a backoff slice ended);
+    the systemd watchdog is fed only while every camera's heartbeat is fresh."""
 
 
 class CaptureWorker:
@@ -76,15 +85,20 @@ class CaptureWorker:
         self._on_state = on_state
         self._max_frames = max_frames
         self._stop = threading.Event()
+        self._stop_reason: str | None = None
         self._thread = threading.Thread(target=self._run, name=f"capture-{camera.name}",
                                         daemon=True)
 
     def start(self) -> CaptureWorker:
         self._set_state(CameraState.STARTING, None)
+        self.stats.heartbeat_mono = time.monotonic()
         self._thread.start()
         return self
 
-    def stop(self, timeout_s: float = 5.0) -> None:
+    def stop(self, timeout_s: float = 5.0, reason: str | None = None) -> None:
+        """Stop reading; `reason` goes into the final `stopped` status."""
+        if not self._stop.is_set():
+            self._stop_reason = reason
         self._stop.set()
         self.slot.close()
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
@@ -104,6 +118,19 @@ class CaptureWorker:
     def alive(self) -> bool:
         return self._thread.is_alive()
 
+    def stalled_for(self, now: float) -> float:
+        """Seconds since the thread last showed progress; 0 when it is not running."""
+        if not self._thread.is_alive():
+            return 0.0
+        return now - self.stats.heartbeat_mono
+
+    @property
+    def stall_limit_s(self) -> float:
+        """Longest a healthy thread can go without a heartbeat: one open or read timeout
+        plus a backoff step, with margin."""
+        cam = self.camera
+        return max(cam.open_timeout_s, cam.read_timeout_s) + cam.reconnect_max_s + 10.0
+
     def _set_state(self, state: CameraState, reason: str | None) -> None:
         if (state, reason) == (self.state, self.reason) and state != CameraState.STARTING:
             return
@@ -116,10 +143,15 @@ class CaptureWorker:
     # -- the thread ------------------------------------------------------------------------
 
     def _run(self) -> None:
-        final, reason = CameraState.STOPPED, None
+        final: CameraState = CameraState.STOPPED
+        reason: str | None = None
         try:
             while not self._stop.is_set():
-                cap = self._connect()
+                try:
+                    cap = self._connect()
+                except SourceError as exc:  # a file that cannot be read will not heal
+                    final, reason = CameraState.ENDED, str(exc)
+                    break
                 if cap is None:
                     break
                 try:
@@ -138,20 +170,29 @@ class CaptureWorker:
             final, reason = CameraState.ENDED, redact(f"internal error: {exc}")
         finally:
             self.slot.close()
+            if final == CameraState.STOPPED:
+                reason = self._stop_reason
             self._set_state(final, reason)
 
     def _connect(self) -> cv2.VideoCapture | None:
-        """Open the source, retrying with capped exponential backoff plus jitter.
+        """Open the source, retrying with capped exponential backoff plus jitter; None if
+        stopped meanwhile. A file is tried once: SourceError if it cannot be read.
 
         The sleep is the stop event's wait, so shutdown never waits out a backoff.
         """
+        if self.camera.kind == "file":
+            return self._open()
 
         def before_sleep(rs: tenacity.RetryCallState) -> None:
             exc = rs.outcome.exception() if rs.outcome else None
             self._set_state(CameraState.RECONNECTING, str(exc))
 
         def sleep(seconds: float) -> None:
-            self._stop.wait(seconds)
+            deadline = time.monotonic() + seconds
+            while not self._stop.wait(min(0.5, max(0.0, deadline - time.monotonic()))):
+                self.stats.heartbeat_mono = time.monotonic()
+                if time.monotonic() >= deadline:
+                    return
 
         retrying = tenacity.Retrying(
             sleep=sleep,
@@ -171,6 +212,7 @@ class CaptureWorker:
         cam = self.camera
         if self._stop.is_set():
             raise SourceError("stopping")
+        self.stats.heartbeat_mono = time.monotonic()
         if cam.kind == "device":
             cap = cv2.VideoCapture(int(cam.url))
         else:
@@ -185,9 +227,11 @@ class CaptureWorker:
                 else:
                     os.environ.pop(_FFMPEG_ENV, None)
                 cap = cv2.VideoCapture(str(cam.url), cv2.CAP_FFMPEG, params)
+        self.stats.heartbeat_mono = time.monotonic()
         if not cap.isOpened():
             cap.release()
-            raise SourceError(f"cannot open {redact(cam.url)}")
+            what = "not a readable video" if cam.kind == "file" else "no answer or refused"
+            raise SourceError(f"cannot open {redact(cam.url)}: {what}")
         return cap
 
     def _stream(self, cap: cv2.VideoCapture) -> str | None:
@@ -201,7 +245,9 @@ class CaptureWorker:
         pace_origin: tuple[float, float] | None = None  # (monotonic, pts) for realtime files
         streaming = False
         while not self._stop.is_set():
-            if not cap.grab():
+            grabbed = cap.grab()
+            self.stats.heartbeat_mono = time.monotonic()
+            if not grabbed:
                 if is_file and cam.loop and self.stats.frames_read:
                     if not cap.set(cv2.CAP_PROP_POS_FRAMES, 0):
                         raise SourceError("cannot rewind file for loop")

@@ -71,8 +71,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     def on_signal(signum: int, frame: FrameType | None) -> None:
         app.request_stop(signal.Signals(signum).name)
 
+    def on_hup(signum: int, frame: FrameType | None) -> None:
+        app.request_reload()
+
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGHUP, on_hup)
     try:
         return app.run()
     except (DetectorError, DescriberError) as exc:

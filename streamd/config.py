@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import string
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -98,6 +99,61 @@ class ONNXRuntimeDetectorSettings(_DetectorBase):
     max_batch: int = Field(8, ge=1, le=256, description="Crops per inference call at most.")
 
 
+class TensorRTDetectorSettings(_DetectorBase):
+    """A TensorRT engine compiled from a YOLO ONNX model for this box's GPU (see
+    engines/README.md). Engines are cached in `engine_dir` and keyed on the ONNX hash, the
+    TensorRT version, the GPU, the precision, the input size and the batch range."""
+
+    backend: Literal["tensorrt"]
+    model: Path = Field(description="YOLOv8/YOLO11 ONNX file to build the engine from, or a "
+                        "ready .engine/.plan (streamd's, or an Ultralytics export) loaded as is.")
+    engine_dir: Path | None = Field(
+        None, description="Engine cache (engines, JSON sidecars, timing and calibration "
+        "caches); must be writable by the daemon. Default $CACHE_DIRECTORY (systemd "
+        "CacheDirectory=), else ./engines.")
+    build: Literal["auto", "never"] = Field(
+        "auto", description="No matching engine cached: build it at startup (minutes on a "
+        "Jetson), or refuse to start saying what differs.")
+    precision: Literal["fp32", "fp16", "int8"] = Field(
+        "fp16", description="int8 needs calibration_dir (TensorRT 10.x only).")
+    calibration_dir: Path | None = Field(
+        None, description="Images (jpg/png/bmp/webp) for int8 calibration, ideally a few "
+        "hundred frames from the cameras.")
+    min_batch: int = Field(1, ge=1, le=256, description="Smallest batch of the engine profile.")
+    opt_batch: int | None = Field(
+        None, ge=1, le=256, description="Batch TensorRT tunes kernels for; default max_batch.")
+    max_batch: int = Field(8, ge=1, le=256, description="Crops per inference call at most.")
+    input_size: int = Field(320, ge=32, le=2048, multiple_of=32)
+    workspace_mb: int = Field(1024, ge=16, le=1 << 20,
+                              description="Builder scratch memory limit (MiB).")
+    labels: list[str] | None = Field(
+        None, description="Class names; default: the ONNX `names` metadata (or the "
+        "Ultralytics engine header), else COCO.")
+    device: int = Field(0, ge=0, le=63, description="CUDA device index.")
+
+    @model_validator(mode="after")
+    def _batches_and_calibration(self) -> TensorRTDetectorSettings:
+        lo, opt, hi = self.batch_range
+        if not lo <= opt <= hi:
+            raise ValueError(f"need min_batch <= opt_batch <= max_batch, got {lo}/{opt}/{hi}")
+        prebuilt = self.model.suffix.lower() in (".engine", ".plan", ".trt")
+        if self.precision == "int8" and self.calibration_dir is None and not prebuilt:
+            raise ValueError("precision int8 needs calibration_dir (a folder of images)")
+        return self
+
+    @property
+    def batch_range(self) -> tuple[int, int, int]:
+        """(min, opt, max) of the engine's batch axis."""
+        opt = self.max_batch if self.opt_batch is None else self.opt_batch
+        return self.min_batch, opt, self.max_batch
+
+    def resolved_engine_dir(self) -> Path:
+        if self.engine_dir is not None:
+            return self.engine_dir
+        env = os.environ.get("CACHE_DIRECTORY")
+        return Path(env.split(":")[0]) if env else Path("engines")
+
+
 class HOGDetectorSettings(_DetectorBase):
     backend: Literal["hog"]
     confidence: float = Field(
@@ -112,17 +168,152 @@ class NoDetectorSettings(_Model):
 
 
 DetectorSettings = Annotated[
-    ONNXRuntimeDetectorSettings | HOGDetectorSettings | NoDetectorSettings,
+    ONNXRuntimeDetectorSettings | TensorRTDetectorSettings | HOGDetectorSettings
+    | NoDetectorSettings,
     Field(discriminator="backend"),
 ]
 
 
-class TemplateDescriberSettings(_Model):
-    backend: Literal["template"]
-    max_per_second: float = Field(5.0, gt=0, description="Descriptions per second, all cameras.")
-    refresh_s: float = Field(30.0, gt=0, description="Describe a tracked object again after this.")
+DESCRIBER_KEY_ENV = "STREAMD_DESCRIBER_API_KEY"
+PROMPT_FIELDS = frozenset({"label", "camera", "zone"})
+"""Placeholders a describer prompt may use: the object's label, its camera, and the 3x3 grid
+cell (`top-left`, `centre`, ...) its box centre is in."""
+
+
+def _check_placeholders(template: str, allowed: frozenset[str]) -> str:
+    """Reject a template naming an unknown placeholder, so `{lable}` is a config error rather
+    than a KeyError in the describer thread on the first object."""
+    try:
+        names = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
+    except ValueError as exc:
+        raise ValueError(f"invalid template {template!r}: {exc}") from None
+    unknown = sorted(n for n in names if n not in allowed)
+    if unknown:
+        raise ValueError(f"unknown placeholder(s) {', '.join('{' + n + '}' for n in unknown)} "
+                         f"in {template!r}; allowed: "
+                         f"{', '.join('{' + n + '}' for n in sorted(allowed))}")
+    return template
+
+
+class DescriberBaseSettings(_Model):
+    """Scheduling, rate limits, queue, input cache and crop geometry: every backend has them
+    because `DescriberService` applies them in front of whichever model answers."""
+
+    max_per_second: float = Field(
+        5.0, gt=0, le=1000, description="Model calls per second, all cameras together.")
+    camera_max_per_second: float | None = Field(
+        None, gt=0, le=1000, description="Model calls per second for any one camera "
+        "(default: only the overall cap), so one busy camera cannot starve the others.")
+    refresh_s: float = Field(
+        30.0, gt=0, description="Describe a tracked object again after this many seconds.")
+    on_zone_change: bool = Field(
+        True, description="Describe an object again when it moves into another cell of the "
+        "frame's 3x3 grid (`{zone}`).")
     queue_size: int = Field(
-        64, ge=1, description="Pending requests; the oldest is dropped past it.")
+        64, ge=1, le=10_000, description="Requests waiting for the model; past it the "
+        "oldest is dropped (counted) and its object becomes due again.")
+    cache_size: int = Field(
+        256, ge=0, le=100_000, description="Descriptions kept for reuse (LRU); 0 disables "
+        "the cache.")
+    cache_max_distance: int = Field(
+        4, ge=0, le=32, description="Largest Hamming distance (of 64 bits) between the "
+        "difference hashes of two crops that still counts as the same picture.")
+    crop_pad: float = Field(
+        0.15, ge=0.0, le=2.0, description="The box is grown by this fraction of its width "
+        "and height on each side before cropping (context helps a model).")
+
+
+class PromptedDescriberSettings(DescriberBaseSettings):
+    prompt: str = Field(
+        "Describe the {label} in this picture in one short sentence.",
+        min_length=1, description="Default prompt; placeholders {label}, {camera}, {zone}.")
+    prompts: dict[str, str] = Field(
+        default_factory=dict, description="Prompt per label (overrides `prompt`).")
+    max_new_tokens: int = Field(48, ge=1, le=4096, description="Longest answer, in tokens.")
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt(cls, v: str) -> str:
+        return _check_placeholders(v, PROMPT_FIELDS)
+
+    @field_validator("prompts")
+    @classmethod
+    def _prompts(cls, v: dict[str, str]) -> dict[str, str]:
+        for template in v.values():
+            _check_placeholders(template, PROMPT_FIELDS)
+        return v
+
+
+class TemplateDescriberSettings(DescriberBaseSettings):
+    backend: Literal["template"]
+
+
+class _LocalModelSettings(_Model):
+    model: Path = Field(description="Hugging Face model directory (config.json, weights, "
+                        "processor files); loaded offline, never downloaded.")
+    device: str = Field(
+        "auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$",
+        description="`auto`: cuda when torch sees a GPU, else cpu.")
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
+        "auto", description="`auto`: float16 on cuda, float32 on cpu.")
+
+
+class TransformersDescriberSettings(PromptedDescriberSettings, _LocalModelSettings):
+    backend: Literal["transformers"]
+    image_size: int | None = Field(
+        None, ge=32, le=4096, description="Longest crop side handed to the processor; "
+        "default: what the model's processor says it works at.")
+    trust_remote_code: bool = Field(
+        False, description="Run Python shipped in the model directory (some models need it). "
+        "Only for directories you trust.")
+    processor_options: dict[str, bool | int | float | str] = Field(
+        default_factory=dict, description="Extra keyword arguments for the processor call, "
+        "e.g. {do_image_splitting: false} so SmolVLM sees a crop as one tile.")
+
+
+class OpenAIDescriberSettings(PromptedDescriberSettings):
+    backend: Literal["openai"]
+    url: str = Field(
+        pattern=r"^https?://[^/\s]+", description="OpenAI-compatible server, e.g. "
+        "http://127.0.0.1:11434/v1 (Ollama); `/chat/completions` is appended unless given.")
+    model: str = Field(min_length=1, description="Model name the server knows, e.g. "
+                       "`moondream` or `qwen2.5vl:3b`.")
+    api_key_file: Path | None = Field(
+        None, description=f"File holding the API key (else env {DESCRIBER_KEY_ENV}); a "
+        "relative path is looked up in $CREDENTIALS_DIRECTORY first. Never logged.")
+    timeout_s: float = Field(30.0, gt=0, le=600, description="Longest wait for an answer.")
+    connect_timeout_s: float = Field(5.0, gt=0, le=120)
+    image_size: int = Field(512, ge=32, le=4096, description="Longest crop side sent.")
+    jpeg_quality: int = Field(90, ge=10, le=100)
+    temperature: float = Field(0.0, ge=0.0, le=2.0)
+
+
+class CLIPDescriberSettings(DescriberBaseSettings, _LocalModelSettings):
+    backend: Literal["clip"]
+    vocabulary: list[str] = Field(
+        min_length=2, description="Tags each crop is scored against (zero-shot).")
+    vocabularies: dict[str, list[str]] = Field(
+        default_factory=dict, description="Tags per label (overrides `vocabulary`).")
+    text_template: str = Field(
+        "a photo of {tag}", description="How a tag is phrased for the text encoder; "
+        "placeholders {tag}, {label}.")
+    top_k: int = Field(3, ge=1, le=50, description="Tags per description at most.")
+    min_score: float = Field(
+        0.1, ge=0.0, le=1.0, description="Tags below this probability are left out (the best "
+        "one is always kept).")
+
+    @field_validator("text_template")
+    @classmethod
+    def _text_template(cls, v: str) -> str:
+        return _check_placeholders(v, frozenset({"tag", "label"}))
+
+    @field_validator("vocabularies")
+    @classmethod
+    def _vocabularies(cls, v: dict[str, list[str]]) -> dict[str, list[str]]:
+        for label, tags in v.items():
+            if len(tags) < 2:
+                raise ValueError(f"{label}: needs at least 2 tags to choose between")
+        return v
 
 
 class NoDescriberSettings(_Model):
@@ -130,7 +321,8 @@ class NoDescriberSettings(_Model):
 
 
 DescriberSettings = Annotated[
-    TemplateDescriberSettings | NoDescriberSettings, Field(discriminator="backend")]
+    TemplateDescriberSettings | TransformersDescriberSettings | OpenAIDescriberSettings
+    | CLIPDescriberSettings | NoDescriberSettings, Field(discriminator="backend")]
 
 
 class MotionSettings(_Model):
@@ -156,7 +348,7 @@ class CameraSettings(_Model):
     open_timeout_s: float = Field(10.0, gt=0, le=120)
     read_timeout_s: float = Field(5.0, gt=0, le=120)
     reconnect_max_s: float = Field(
-        2.0, gt=0, le=300, description="Longest wait between reconnect attempts (plus jitter); "
+        1.5, gt=0, le=300, description="Longest wait between reconnect attempts (plus jitter); "
         "short, so a camera is back within seconds of its source.")
     ignore: list[list[Point]] = Field(
         default_factory=list, description="Polygons (full-frame pixels) where motion is ignored.")
@@ -194,6 +386,10 @@ class Settings(_Model):
         None, description="frame_id/seq high-water marks; default $STATE_DIRECTORY, "
         "else ./state.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    ready_timeout_s: float = Field(
+        30.0, gt=0, le=600, description="systemd READY=1 is sent once the broker is connected "
+        "and a frame was analysed, or after this long regardless (dead cameras must not keep "
+        "the unit 'activating').")
     mqtt: MQTTSettings = Field(default_factory=MQTTSettings)
     detector: DetectorSettings = Field(
         default_factory=lambda: HOGDetectorSettings(backend="hog"))
@@ -256,6 +452,7 @@ class Config:
     settings: Settings
     source: Path
     mqtt_password: SecretStr | None = None
+    describer_api_key: SecretStr | None = None
 
 
 def _format_path(loc: tuple[int | str, ...]) -> str:
@@ -348,6 +545,32 @@ def _read_password(settings: Settings, file: str) -> SecretStr | None:
     return SecretStr(env) if env else None
 
 
+def _read_describer_key(settings: Settings, file: str) -> SecretStr | None:
+    """The `openai` describer's API key: `describer.api_key_file` (relative: looked up in
+    $CREDENTIALS_DIRECTORY first), else env STREAMD_DESCRIBER_API_KEY, else none (a local
+    server such as Ollama needs none)."""
+    d = settings.describer
+    if not isinstance(d, OpenAIDescriberSettings):
+        return None
+    if d.api_key_file is None:
+        env = os.environ.get(DESCRIBER_KEY_ENV)
+        return SecretStr(env) if env else None
+    candidates = [d.api_key_file]
+    creds = os.environ.get("CREDENTIALS_DIRECTORY")
+    if creds and not d.api_key_file.is_absolute():
+        candidates.insert(0, Path(creds) / d.api_key_file)
+    for path in candidates:
+        try:
+            return SecretStr(path.read_text().strip())
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise ConfigError([Problem(file, "describer.api_key_file",
+                                       f"cannot read {path}: {exc.strerror}")]) from None
+    raise ConfigError([Problem(file, "describer.api_key_file",
+                               f"{d.api_key_file} does not exist")])
+
+
 def load(path: str | os.PathLike[str]) -> Config:
     """Read, parse and validate a YAML config; raise ConfigError with every problem."""
     path = Path(path)
@@ -366,7 +589,32 @@ def load(path: str | os.PathLike[str]) -> Config:
         raise ConfigError([Problem(file, "", f"invalid YAML: {reason}", line)]) from None
     lines = _line_index(node) if node is not None else {}
     settings = validate(data, file, lines)
-    return Config(settings, path, _read_password(settings, file))
+    return Config(settings, path, _read_password(settings, file),
+                  _read_describer_key(settings, file))
+
+
+def _tensorrt_preflight(det: TensorRTDetectorSettings, file: str) -> list[Problem]:
+    """Model and calibration folder exist; the engine cache can be written when the daemon
+    may have to build (the usual failure under systemd's ProtectSystem=strict)."""
+    problems: list[Problem] = []
+    if not det.model.is_file():
+        problems.append(Problem(file, "detector.model", f"{det.model} does not exist"))
+    prebuilt = det.model.suffix.lower() in (".engine", ".plan", ".trt")
+    if det.precision == "int8" and det.calibration_dir is not None and not prebuilt \
+            and not det.calibration_dir.is_dir():
+        problems.append(Problem(file, "detector.calibration_dir",
+                                f"{det.calibration_dir} is not a directory"))
+    if det.build == "auto" and not prebuilt:
+        engine_dir = det.resolved_engine_dir()
+        existing = next((p for p in (engine_dir, *engine_dir.absolute().parents)
+                         if p.exists()), None)
+        if existing is not None and not (existing.is_dir()
+                                         and os.access(existing, os.W_OK | os.X_OK)):
+            problems.append(Problem(
+                file, "detector.engine_dir", f"{engine_dir} is not writable by this user, so "
+                "no engine can be built there (under systemd: CacheDirectory=streamd and "
+                "leave engine_dir unset, or build it beforehand and set build: never)"))
+    return problems
 
 
 def preflight(config: Config) -> list[Problem]:
@@ -376,6 +624,17 @@ def preflight(config: Config) -> list[Problem]:
     det = s.detector
     if isinstance(det, ONNXRuntimeDetectorSettings) and not det.model.is_file():
         problems.append(Problem(file, "detector.model", f"{det.model} does not exist"))
+    if isinstance(det, TensorRTDetectorSettings):
+        problems += _tensorrt_preflight(det, file)
+    desc = s.describer
+    if isinstance(desc, TransformersDescriberSettings | CLIPDescriberSettings):
+        if not desc.model.is_dir():
+            problems.append(Problem(file, "describer.model", f"{desc.model} does not exist: "
+                                    "put a Hugging Face model directory there (README, "
+                                    "Describers)"))
+        elif not (desc.model / "config.json").is_file():
+            problems.append(Problem(file, "describer.model", f"{desc.model} has no "
+                                    "config.json: not a Hugging Face model directory"))
     for i, cam in enumerate(s.cameras):
         if cam.kind == "file" and not Path(str(cam.url)).is_file():
             problems.append(Problem(file, f"cameras[{i}].url", f"{cam.url} does not exist"))

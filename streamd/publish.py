@@ -115,7 +115,7 @@ class Publisher:
                            keyfile=str(m.tls.key_file) if m.tls.key_file else None,
                            cert_reqs=ssl.CERT_REQUIRED)
         client.will_set(f"{self.prefix}/status", "offline", qos=1, retain=True)
-        client.reconnect_delay_set(min_delay=1, max_delay=10)
+        client.reconnect_delay_set(min_delay=1, max_delay=4)
         client.max_queued_messages_set(0)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
