@@ -196,8 +196,8 @@ class CaptureWorker:
 
         retrying = tenacity.Retrying(
             sleep=sleep,
-            wait=tenacity.wait_exponential_jitter(initial=0.25, max=self.camera.reconnect_max_s,
-                                                  jitter=0.5),
+            wait=tenacity.wait_exponential_jitter(
+                multiplier=0.25, max=self.camera.reconnect_max_s, jitter=0.5),
             retry=tenacity.retry_if_exception_type(SourceError),
             stop=lambda rs: self._stop.is_set(),
             before_sleep=before_sleep,
