@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import queue
 import threading
 import time
+from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -26,15 +28,16 @@ from streamd.config import (
     CameraSettings,
     Config,
     ConfigError,
-    TemplateDescriberSettings,
+    NoDescriberSettings,
     preflight,
 )
 from streamd.config import load as load_config
-from streamd.describe import DescribeRequest, create_describer
+from streamd.describe import DescribeRequest, Description, create_describer
 from streamd.describe.service import DescriberService
 from streamd.detect import DetectorService, ServiceStopped, create_detector, plan_regions
 from streamd.detections import Detections
 from streamd.frames import Frame, FrameSlot
+from streamd.metrics import CameraFigures, Figures, MetricsServer
 from streamd.motion import MotionStage, Rois
 from streamd.notify import Notifier
 from streamd.publish import Publisher
@@ -82,31 +85,59 @@ def _flow_for(box: np.ndarray, rois: Rois) -> tuple[float, float] | None:
     return float(fx), float(fy)
 
 
+@dataclass
+class _Pending:
+    """A frame between the two halves of the pipeline: motion done, objects on their way."""
+
+    frame: Frame
+    rois: Rois
+    motion_ms: float
+    detection: Future[Detections] | None = None
+    carry_steps: float | None = None
+    """Set on frames the inference interval skips: the tracker carries boxes this far."""
+
+
 class CameraPipeline:
-    """The analysis thread of one camera. Frames are handled strictly in order."""
+    """One camera's analysis, in two threads so the stages overlap: `analyse` runs motion
+    and submits crops to the shared detector, `finish` waits for the objects (in frame
+    order), tracks them and publishes. While the detector works on frame n, motion already
+    runs on frame n+1 and capture decodes frame n+2. At most `IN_FLIGHT` frames sit between
+    the halves, so latency stays bounded and live sources drop at the slot instead."""
+
+    IN_FLIGHT = 3
 
     def __init__(self, camera: CameraSettings, slot: FrameSlot, app: App) -> None:
         self.camera = camera
         self.slot = slot
         self.analysed = 0
         self.times = StageTimes()
+        self.totals = StageTimes()
+        """Since start, for `streamd bench`; `times` is reset by every stats message."""
         self.last_progress_mono = time.monotonic()
+        self.finish_progress_mono = time.monotonic()
         self._app = app
-        self._motion = MotionStage(app.settings.motion, camera.ignore)
+        self._since_detect = 0
+        self._motion = (MotionStage(app.settings.motion, camera.ignore)
+                        if app.settings.motion.enabled else None)
         self._tracker = Tracker()
         self._errors = 0
         self._detect_errors = 0
+        self._pending: queue.Queue[_Pending | None] = queue.Queue(self.IN_FLIGHT)
         self._thread = threading.Thread(target=self._run, name=f"analysis-{camera.name}",
                                         daemon=True)
+        self._finisher = threading.Thread(target=self._finish_loop,
+                                          name=f"publish-{camera.name}", daemon=True)
 
     def start(self) -> CameraPipeline:
+        self._finisher.start()
         self._thread.start()
         return self
 
     def stop(self, timeout_s: float = 10.0) -> None:
         self.slot.close()
-        if self._thread.is_alive():
-            self._thread.join(timeout_s)
+        for thread in (self._thread, self._finisher):
+            if thread.is_alive():
+                thread.join(timeout_s)
 
     def __enter__(self) -> CameraPipeline:
         return self.start()
@@ -117,69 +148,138 @@ class CameraPipeline:
 
     @property
     def done(self) -> bool:
-        return not self._thread.is_alive()
+        return not self._thread.is_alive() and not self._finisher.is_alive()
+
+    def stalled_for(self, now: float) -> float:
+        """Seconds since the slower of the two threads last made progress."""
+        marks = [m for t, m in ((self._thread, self.last_progress_mono),
+                                (self._finisher, self.finish_progress_mono)) if t.is_alive()]
+        return now - min(marks) if marks else 0.0
+
+    def _failed(self, frame: Frame) -> None:
+        """One bad frame must not end a camera: one traceback, then a count."""
+        self._errors += 1
+        if self._errors == 1:
+            log.exception("camera=%s frame_id=%d analysis failed", self.camera.name,
+                          frame.frame_id)
+        elif self._errors % 100 == 0:
+            log.error("camera=%s analysis failed %d times", self.camera.name, self._errors)
 
     def _run(self) -> None:
-        while True:
-            frame = self.slot.take(timeout_s=0.5)
-            self.last_progress_mono = time.monotonic()
-            if frame is None:
-                if self.slot.closed:
-                    break
-                continue
-            try:
-                self.process(frame)
-            except Exception:
-                # One bad frame must not end a camera; one traceback, then a count.
-                self._errors += 1
-                if self._errors == 1:
-                    log.exception("camera=%s frame_id=%d analysis failed", self.camera.name,
-                                  frame.frame_id)
-                elif self._errors % 100 == 0:
-                    log.error("camera=%s analysis failed %d times", self.camera.name,
-                              self._errors)
-        self._motion.close()
-
-    def process(self, frame: Frame) -> None:
-        app, name = self._app, self.camera.name
-        t0 = time.perf_counter()
-        rois = self._motion.propose(frame)
-        t1 = time.perf_counter()
-        dets = Detections.empty()
-        service = app.detector_service
-        if service is not None:
-            every = app.settings.detector.full_frame_every  # type: ignore[union-attr]
-            full = every > 0 and self.analysed % every == 0
-            if full or len(rois):
-                regions = None if full else plan_regions(
-                    rois.xyxy, frame.wh, app.detector_input_size, app.max_regions)
+        try:
+            while True:
+                frame = self.slot.take(timeout_s=0.5)
+                self.last_progress_mono = time.monotonic()
+                if frame is None:
+                    if self.slot.closed:
+                        break
+                    continue
                 try:
-                    dets = service.submit(frame, regions).result(DETECT_TIMEOUT_S)
-                except FutureTimeout:
-                    log.error("camera=%s frame_id=%d detector timed out after %.0fs", name,
-                              frame.frame_id, DETECT_TIMEOUT_S)
-                except ServiceStopped:
-                    pass  # shutting down: the frame is still published, without objects
-                except Exception as exc:  # the frame goes out without objects; so do others
-                    self._detect_errors += 1
-                    if self._detect_errors == 1 or self._detect_errors % 100 == 0:
-                        log.error("camera=%s frame_id=%d detector failed (%d so far): %s",
-                                  name, frame.frame_id, self._detect_errors, exc)
+                    pending = self.analyse(frame)
+                except Exception:
+                    self._failed(frame)
+                    continue
+                while True:  # a bounded wait that still shows progress to the watchdog
+                    try:
+                        self._pending.put(pending, timeout=0.5)
+                        break
+                    except queue.Full:
+                        self.last_progress_mono = time.monotonic()
+        finally:
+            self._pending.put(None)
+            if self._motion is not None:
+                self._motion.close()
+
+    def _finish_loop(self) -> None:
+        while True:
+            try:
+                pending = self._pending.get(timeout=0.5)
+            except queue.Empty:
+                self.finish_progress_mono = time.monotonic()
+                continue
+            self.finish_progress_mono = time.monotonic()
+            if pending is None:
+                return
+            try:
+                self.finish(pending)
+            except Exception:
+                self._failed(pending.frame)
+
+    def analyse(self, frame: Frame) -> _Pending:
+        """Motion, and the decision what the detector does with this frame."""
+        app = self._app
+        t0 = time.perf_counter()
+        rois = self._motion.propose(frame) if self._motion is not None else Rois.empty()
+        pending = _Pending(frame, rois, (time.perf_counter() - t0) * 1000.0)
+        index = self.analysed
+        self.analysed += 1
+        service = app.detector_service
+        if service is None:
+            return pending
+        det = app.settings.detector
+        every = getattr(det, "full_frame_every", 0)
+        interval = getattr(det, "interval", 1)
+        full = every > 0 and index % every == 0
+        self._since_detect += 1
+        due = self._since_detect >= interval
+        if full or (due and len(rois)):
+            regions = None
+            if not full:
+                regions = plan_regions(rois.xyxy, frame.wh, app.detector_input_size,
+                                       getattr(det, "max_crops", 1))
+                w, h = frame.wh
+                area = float(np.prod(regions[:, 2:] - regions[:, :2], axis=1).sum())
+                if area >= 0.5 * w * h:
+                    regions = None
+            pending.detection = service.submit(frame, regions)
+            self._since_detect = 0
+        elif not due:  # between detector runs the tracker carries the boxes
+            pending.carry_steps = self._since_detect / interval
+        else:  # nothing moved: objects age and are retired after max_missed
+            self._since_detect = 0
+        return pending
+
+    def finish(self, pending: _Pending) -> None:
+        """Objects (in frame order), tracking, publishing, describing."""
+        app, frame, rois = self._app, pending.frame, pending.rois
+        t1 = time.perf_counter()
+        dets = self._result(pending) if pending.detection is not None else Detections.empty()
         t2 = time.perf_counter()
-        dets = self._tracker.update(dets)
+        if pending.carry_steps is not None:
+            dets = self._tracker.carry(pending.carry_steps)
+        else:
+            dets = self._tracker.update(dets)
         t3 = time.perf_counter()
         if len(rois) or len(dets) or app.settings.mqtt.publish_empty:
-            app.publisher.publish_camera(name, "detections", self._payload(frame, rois, dets),
+            app.publisher.publish_camera(self.camera.name, "detections",
+                                         self._payload(frame, rois, dets),
                                          origin_mono=frame.captured_mono)
         t4 = time.perf_counter()
         if app.describer_service is not None:
             self._offer(frame, rois, dets)
-        self.analysed += 1
-        times = self.times
-        times.frames += 1
-        for key, dt in (("motion", t1 - t0), ("detect", t2 - t1), ("track", t3 - t2),
-                        ("publish", t4 - t3)):
-            times.ms[key] += dt * 1000.0
+        for times in (self.times, self.totals):
+            times.frames += 1
+            times.ms["motion"] += pending.motion_ms
+            for key, dt in (("detect", t2 - t1), ("track", t3 - t2), ("publish", t4 - t3)):
+                times.ms[key] += dt * 1000.0
+
+    def _result(self, pending: _Pending) -> Detections:
+        """The frame's objects; on any failure none (the frame still goes out)."""
+        assert pending.detection is not None
+        name, frame = self.camera.name, pending.frame
+        try:
+            return pending.detection.result(DETECT_TIMEOUT_S)
+        except FutureTimeout:
+            log.error("camera=%s frame_id=%d detector timed out after %.0fs", name,
+                      frame.frame_id, DETECT_TIMEOUT_S)
+        except ServiceStopped:
+            pass  # shutting down
+        except Exception as exc:
+            self._detect_errors += 1
+            if self._detect_errors == 1 or self._detect_errors % 100 == 0:
+                log.error("camera=%s frame_id=%d detector failed (%d so far): %s",
+                          name, frame.frame_id, self._detect_errors, exc)
+        return Detections.empty()
 
     def _payload(self, frame: Frame, rois: Rois, dets: Detections) -> dict[str, Any]:
         w, h = frame.wh
@@ -202,11 +302,12 @@ class CameraPipeline:
         for i in range(len(dets)):
             box = _box(dets.xyxy[i])
             x1, y1, x2, y2 = box
+            # The service crops (padded, sized for the model) only objects that are due.
             service.offer(DescribeRequest(
                 camera=frame.camera, frame_id=frame.frame_id, ts=round(frame.ts, 6),
                 object_id=int(dets.tracker_id[i]), label=dets.label(i),
                 score=float(dets.confidence[i]), box=(x1, y1, x2, y2), frame_wh=frame.wh,
-                flow_xy=_flow_for(dets.xyxy[i], rois), crop=frame.image[y1:y2, x1:x2]))
+                flow_xy=_flow_for(dets.xyxy[i], rois)), frame.image)
 
 
 class Camera:
@@ -243,9 +344,9 @@ class Camera:
         stalled = self.capture.stalled_for(now)
         if stalled > self.capture.stall_limit_s:
             return f"capture of {self.settings.name} stuck for {stalled:.0f}s"
-        if not self.pipeline.done and now - self.pipeline.last_progress_mono > ANALYSIS_STALL_S:
-            return f"analysis of {self.settings.name} stuck for " \
-                   f"{now - self.pipeline.last_progress_mono:.0f}s"
+        stuck = self.pipeline.stalled_for(now)
+        if stuck > ANALYSIS_STALL_S:
+            return f"analysis of {self.settings.name} stuck for {stuck:.0f}s"
         return None
 
 
@@ -261,8 +362,6 @@ class App:
         self.detector_service: DetectorService | None = None
         self.describer_service: DescriberService | None = None
         self.detector_input_size = 320
-        self.max_regions = 8
-        """Crops per frame at most; more ROIs are merged into fewer regions."""
         self.cameras: dict[str, Camera] = {}
         self.notifier = Notifier()
         self._ready = False
@@ -291,12 +390,15 @@ class App:
                 stack.callback(detector.close)
                 self.detector_input_size = detector.input_size
                 self.detector_service = stack.enter_context(DetectorService(detector))
-            describer = create_describer(s.describer)
+            describer = create_describer(s.describer, self.config.describer_api_key)
             if describer is not None:
-                assert isinstance(s.describer, TemplateDescriberSettings)
+                assert not isinstance(s.describer, NoDescriberSettings)
                 self.describer_service = stack.enter_context(
                     DescriberService(describer, s.describer, self._on_description))
             stack.callback(self.notifier.close)
+            if s.metrics.prometheus_port is not None:
+                server = MetricsServer(s.metrics.host, s.metrics.prometheus_port, self.figures)
+                stack.callback(server.close)
             stack.callback(self._stop_cameras)
             for cam in s.cameras:
                 if cam.enabled:
@@ -343,6 +445,21 @@ class App:
                     self.notifier.watchdog()
                     next_watchdog = now + interval
         self.notifier.stopping("draining")
+
+    def figures(self) -> Figures:
+        """Cumulative figures for the Prometheus endpoint (read at scrape time)."""
+        cams = {}
+        for name, camera in list(self.cameras.items()):
+            st, pipe = camera.capture.stats, camera.pipeline
+            cams[name] = CameraFigures(
+                state=camera.capture.state.value, frames_in=st.frames_read,
+                frames_analysed=pipe.totals.frames, dropped=pipe.slot.dropped,
+                skipped=st.skipped, decode_errors=st.decode_errors, reconnects=st.reconnects,
+                stage_ms={"decode": st.decode_ms, **pipe.totals.ms},
+                latency_ms=self.publisher.latency[name].percentiles())
+        d = self.detector_service
+        return Figures(cams, self.publisher.pending, dict(self.publisher.dropped),
+                       self.publisher.connected, d.batches if d else 0, d.crops if d else 0)
 
     def summary(self) -> str:
         """One line for `systemctl status`."""
@@ -402,13 +519,12 @@ class App:
     def _on_camera_state(self, camera: str, state: CameraState, reason: str | None) -> None:
         self.publisher.publish_status(camera, state.value, reason)
 
-    def _on_description(self, request: DescribeRequest, text: str, latency_ms: float) -> None:
-        assert self.describer_service is not None
+    def _on_description(self, d: Description) -> None:
+        request = d.request
         self.publisher.publish_camera(request.camera, "descriptions", {
             "frame_id": request.frame_id, "ts": request.ts, "object_id": request.object_id,
-            "label": request.label, "box": list(request.box), "text": text,
-            "model": self.describer_service.describer.model,
-            "latency_ms": round(latency_ms, 2)})
+            "label": request.label, "box": list(request.box), "text": d.text,
+            "model": d.model, "latency_ms": round(d.latency_ms, 2), "cached": d.cached})
 
     def _publish_stats(self) -> None:
         """Per camera: rates over the time since the last stats, totals since start."""
@@ -423,10 +539,7 @@ class App:
                                   "last_batch_size": d.last_batch_size,
                                   "infer_ms": round(d.infer_ms_ema, 2)}
         if self.describer_service is not None:
-            ds = self.describer_service.stats
-            shared["describer"] = {"described": ds.described, "queued": ds.queued,
-                                   "dropped": ds.dropped, "rate_limited": ds.rate_limited,
-                                   "failed": ds.failed, "queue": self.describer_service.depth}
+            shared["describer"] = self.describer_service.snapshot()
         for name, camera in list(self.cameras.items()):
             pipe, cap = camera.pipeline, camera.capture
             times, pipe.times = pipe.times, StageTimes()

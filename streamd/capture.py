@@ -65,6 +65,8 @@ class CaptureStats:
     """Frames read but not analysed because of the `fps` cap (by design, not a loss)."""
     decode_errors: int = 0
     reconnects: int = 0
+    decode_ms: float = 0.0
+    """Time spent in grab() + retrieve() (demux, decode, colour conversion), in total."""
     last_frame_mono: float = 0.0
     heartbeat_mono: float = 0.0
     """Last time the thread showed it is not stuck (a read returned, a backoff slice ended);
@@ -245,7 +247,9 @@ class CaptureWorker:
         pace_origin: tuple[float, float] | None = None  # (monotonic, pts) for realtime files
         streaming = False
         while not self._stop.is_set():
+            t0 = time.perf_counter()
             grabbed = cap.grab()
+            self.stats.decode_ms += (time.perf_counter() - t0) * 1000.0
             self.stats.heartbeat_mono = time.monotonic()
             if not grabbed:
                 if is_file and cam.loop and self.stats.frames_read:
@@ -273,7 +277,9 @@ class CaptureWorker:
                 if delay > 0 and self._stop.wait(delay):
                     return None
                 now_mono, ts = time.monotonic(), time.time()
+            t0 = time.perf_counter()
             ok, raw = cap.retrieve()
+            self.stats.decode_ms += (time.perf_counter() - t0) * 1000.0
             image = self._as_bgr(np.asarray(raw)) if ok and raw is not None else None
             if image is None:
                 self.stats.decode_errors += 1

@@ -65,6 +65,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from streamd.app import App
     from streamd.describe import DescriberError
     from streamd.detect import DetectorError
+    from streamd.metrics import MetricsError
 
     app = App(cfg, max_frames=args.max_frames)
 
@@ -79,7 +80,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGHUP, on_hup)
     try:
         return app.run()
-    except (DetectorError, DescriberError) as exc:
+    except (DetectorError, DescriberError, MetricsError) as exc:
         log.error("cannot start: %s", exc)
         return EXIT_FAILURE
 
@@ -91,6 +92,49 @@ def cmd_watch(args: argparse.Namespace) -> int:
     from streamd.watch import watch
 
     return watch(cfg, until_offline=args.until_offline)
+
+
+def _progress(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def cmd_engine_build(args: argparse.Namespace) -> int:
+    """ONNX -> TensorRT engine in the engine cache; prints the engine's path on stdout."""
+    from streamd.detect import DetectorError
+    from streamd.detect.build import BUILD_OVERRIDES, build_engine, build_settings
+
+    base = None
+    if args.config is not None:
+        cfg = _load(args.config)
+        if cfg is None:
+            return EXIT_CONFIG
+        base = cfg.settings.detector
+    _setup_logging(args.log_level)
+    try:
+        settings = build_settings(base, {k: getattr(args, k) for k in BUILD_OVERRIDES})
+    except ValueError as exc:
+        print(f"streamd engine build: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        result = build_engine(settings, report=_progress, force=args.force)
+    except DetectorError as exc:
+        print(f"streamd engine build: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(result.path)
+    return EXIT_OK
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Ultralytics .pt -> ONNX with a dynamic batch axis and class names."""
+    from streamd.export import ExportError, export_onnx
+
+    _setup_logging("INFO")
+    try:
+        export_onnx(args.weights, args.out, args.imgsz, opset=args.opset, report=_progress)
+    except ExportError as exc:
+        print(f"streamd export: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    return EXIT_OK
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -112,6 +156,37 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--until-offline", action="store_true",
                    help="exit when the daemon publishes offline")
     w.set_defaults(func=cmd_watch)
+    eng = sub.add_parser("engine", help="TensorRT engines (see engines/README.md)")
+    eng_sub = eng.add_subparsers(dest="engine_command", required=True)
+    b = eng_sub.add_parser("build", help="build the TensorRT engine for a config or an ONNX "
+                           "file into the engine cache; progress on stderr, path on stdout")
+    b.add_argument("-c", "--config", type=Path, help="take detector settings from this config "
+                   "(detector.backend: tensorrt); the options below override them")
+    b.add_argument("--onnx", dest="model", type=Path, help="ONNX model (detector.model)")
+    b.add_argument("--precision", choices=["fp32", "fp16", "int8"])
+    b.add_argument("--calibration-dir", type=Path, help="images for int8 calibration")
+    b.add_argument("--min-batch", type=int, metavar="N")
+    b.add_argument("--opt-batch", type=int, metavar="N")
+    b.add_argument("--max-batch", type=int, metavar="N")
+    b.add_argument("--input-size", type=int, metavar="PX")
+    b.add_argument("--workspace-mb", type=int, metavar="MB")
+    b.add_argument("--engine-dir", type=Path, help="engine cache directory")
+    b.add_argument("--device", type=int, help="CUDA device index")
+    b.add_argument("--force", action="store_true", help="rebuild even if a matching engine "
+                   "is cached")
+    b.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                   default="WARNING", help="TensorRT's own messages (default WARNING)")
+    b.set_defaults(func=cmd_engine_build)
+    x = sub.add_parser("export", help="Ultralytics .pt weights -> ONNX for engine build "
+                       "(needs pip install streamd[export])")
+    x.add_argument("--weights", type=Path, required=True, help="Ultralytics detect weights")
+    x.add_argument("--out", type=Path, required=True, help="ONNX file to write")
+    x.add_argument("--imgsz", type=int, default=640, help="input size to trace at")
+    x.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    x.set_defaults(func=cmd_export)
+    from streamd.bench import add_parser as add_bench_parser
+
+    add_bench_parser(sub)
     return parser
 
 

@@ -87,6 +87,14 @@ class _DetectorBase(_Model):
     full_frame_every: int = Field(
         0, ge=0, description="Also run on the whole frame every N analysed frames "
         "(0: only on motion ROIs), so objects that stopped moving are not lost.")
+    max_crops: int = Field(
+        1, ge=1, le=64, description="Crops per frame at most (more motion regions are "
+        "merged); when the crops would cover half the frame or more, the whole frame is "
+        "detected in one pass instead. Each crop costs one full inference at `input_size`, "
+        "so 1 is the cheapest; raise it when objects are small and far apart.")
+    interval: int = Field(
+        1, ge=1, le=100, description="Run the detector on every k-th analysed frame per "
+        "camera; in between the tracker carries the boxes forward (DeepStream's `interval`).")
 
 
 class ONNXRuntimeDetectorSettings(_DetectorBase):
@@ -216,7 +224,7 @@ class DescriberBaseSettings(_Model):
         256, ge=0, le=100_000, description="Descriptions kept for reuse (LRU); 0 disables "
         "the cache.")
     cache_max_distance: int = Field(
-        4, ge=0, le=32, description="Largest Hamming distance (of 64 bits) between the "
+        6, ge=0, le=32, description="Largest Hamming distance (of 64 bits) between the "
         "difference hashes of two crops that still counts as the same picture.")
     crop_pad: float = Field(
         0.15, ge=0.0, le=2.0, description="The box is grown by this fraction of its width "
@@ -326,6 +334,9 @@ DescriberSettings = Annotated[
 
 
 class MotionSettings(_Model):
+    enabled: bool = Field(
+        True, description="false: no motion gating; the detector then needs "
+        "`full_frame_every` (the naive baseline of `streamd bench`).")
     scale_width: int = Field(320, ge=32, le=1920, description="Flow is computed at this width.")
     threshold: Literal["auto"] | Annotated[float, Field(gt=0)] = Field(
         "auto", description="Flow magnitude (px/frame at full resolution) that counts as "
@@ -333,6 +344,13 @@ class MotionSettings(_Model):
     min_area: float = Field(0.001, ge=0.0, lt=1.0, description="Smallest ROI, fraction of frame.")
     pad: float = Field(0.15, ge=0.0, le=2.0, description="ROI padding, fraction of its size.")
     max_rois: int = Field(8, ge=1, le=64, description="Largest ROIs kept per frame.")
+
+
+class MetricsSettings(_Model):
+    prometheus_port: int | None = Field(
+        None, ge=1, le=65535, description="Serve Prometheus text on this port (needs "
+        "`pip install streamd[metrics]`); unset: no endpoint.")
+    host: str = Field("127.0.0.1", description="Address to listen on; 0.0.0.0 for all.")
 
 
 Point = tuple[float, float]
@@ -396,6 +414,7 @@ class Settings(_Model):
     describer: DescriberSettings = Field(
         default_factory=lambda: TemplateDescriberSettings(backend="template"))
     motion: MotionSettings = Field(default_factory=MotionSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     cameras: list[CameraSettings] = Field(min_length=1)
 
     @field_validator("cameras")
@@ -407,6 +426,14 @@ class Settings(_Model):
                 raise ValueError(f"camera name {cam.name!r} is used twice")
             seen.add(cam.name)
         return v
+
+    @model_validator(mode="after")
+    def _detector_needs_a_trigger(self) -> Settings:
+        if not self.motion.enabled and not isinstance(self.detector, NoDetectorSettings) \
+                and not self.detector.full_frame_every:
+            raise ValueError("motion.enabled is false, so detector.full_frame_every must be "
+                             ">= 1 or the detector never runs")
+        return self
 
     @property
     def topic_prefix(self) -> str:

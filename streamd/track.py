@@ -28,6 +28,7 @@ class _Track:
     xyxy: Box
     velocity: Box
     """Box change per frame (all four coordinates), smoothed."""
+    score: float = 0.0
     missed: int = 0
     hits: int = 1
 
@@ -45,10 +46,15 @@ class Tracker:
     an empty `Detections` when nothing was found, so that missing objects age.
     """
 
-    def __init__(self, iou_threshold: float = 0.3, max_missed: int = 15) -> None:
+    def __init__(self, iou_threshold: float = 0.3, max_missed: int = 15,
+                 max_tracks: int = 256) -> None:
         self.iou_threshold = iou_threshold
         self.max_missed = max_missed
+        self.max_tracks = max_tracks
+        """A cap on live tracks: a noisy model or a too-low confidence must cost bounded
+        CPU (the IoU matrix is tracks x detections); the longest-unseen go first."""
         self._tracks: list[_Track] = []
+        self._labels: tuple[str, ...] = ()
         self._next_id = 1
 
     @property
@@ -58,6 +64,8 @@ class Tracker:
 
     def update(self, dets: Detections) -> Detections:
         """The same rows, in the same order, with `tracker_id` set."""
+        if dets.labels:
+            self._labels = tuple(dets.labels)
         boxes = dets.xyxy.astype(np.float64)
         ids = np.full(len(dets), -1, np.int64)
         matched_tracks: set[int] = set()
@@ -71,7 +79,7 @@ class Tracker:
                 t, d = int(ti[k]), int(di[k])
                 if t in matched_tracks or ids[d] != -1:
                     continue
-                self._follow(self._tracks[t], boxes[d])
+                self._follow(self._tracks[t], boxes[d], float(dets.confidence[d]))
                 ids[d] = self._tracks[t].id
                 matched_tracks.add(t)
         survivors = []
@@ -83,16 +91,32 @@ class Tracker:
         self._tracks = survivors
         for new in np.flatnonzero(ids == -1):
             track = _Track(self._next_id, int(dets.class_id[new]), boxes[new].copy(),
-                           np.zeros(4))
+                           np.zeros(4), float(dets.confidence[new]))
             self._next_id += 1
             self._tracks.append(track)
             ids[new] = track.id
+        if len(self._tracks) > self.max_tracks:
+            self._tracks.sort(key=lambda t: t.missed)  # stable: among equals, oldest first
+            del self._tracks[self.max_tracks:]
         return dets.with_tracker_id(ids)
 
+    def carry(self, steps: float) -> Detections:
+        """Where the objects seen at the last `update` are now, `steps` updates later, by
+        their constant-velocity guess — what an inference interval publishes on the frames
+        the detector skips (DeepStream's `interval`). Tracks are not aged by this."""
+        live = [t for t in self._tracks if t.missed == 0]
+        if not live:
+            return Detections.empty(self._labels)
+        return Detections(np.stack([t.xyxy + t.velocity * steps for t in live]),
+                          np.array([t.score for t in live], np.float32),
+                          np.array([t.class_id for t in live], np.int64),
+                          np.array([t.id for t in live], np.int64), labels=self._labels)
+
     @staticmethod
-    def _follow(track: _Track, box: Box) -> None:
+    def _follow(track: _Track, box: Box, score: float) -> None:
         step = (box - track.xyxy) / (track.missed + 1)
         track.velocity = step if track.hits == 1 else (track.velocity + step) / 2
         track.xyxy = box.copy()
+        track.score = score
         track.missed = 0
         track.hits += 1

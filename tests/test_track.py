@@ -88,3 +88,32 @@ def test_missed_object_is_found_where_it_moved_to() -> None:
     tracker.update(Detections.empty())
     # Three steps on (t = 7) at 20 px/frame: the box a plain IoU match would have lost.
     assert tracker.update(dets(box(140, 0))).tracker_id.tolist() == [1]
+
+
+def test_carry_moves_boxes_along_their_velocity_without_ageing() -> None:
+
+    tr = Tracker()
+    for x in (0.0, 10.0):  # one object moving +10 px per update
+        out = tr.update(Detections(np.array([[x, 0, x + 20, 40]]), np.array([0.9]),
+                                   np.array([0]), labels=("person",)))
+    carried = tr.carry(0.5)
+    assert carried.tracker_id.tolist() == out.tracker_id.tolist()
+    np.testing.assert_allclose(carried.xyxy[0], [15, 0, 35, 40])
+    assert carried.labels == ("person",) and carried.confidence[0] == pytest.approx(0.9)
+    again = tr.update(Detections(np.array([[20.0, 0, 40, 40]]), np.array([0.8]),
+                                 np.array([0])))
+    assert again.tracker_id.tolist() == out.tracker_id.tolist()  # carry did not age it
+
+
+def test_carry_with_no_tracks_is_empty() -> None:
+    assert len(Tracker().carry(1.0)) == 0
+
+
+def test_track_count_is_capped() -> None:
+
+    tr = Tracker(max_tracks=10)
+    rng = np.random.default_rng(0)
+    for _ in range(5):  # 50 unrelated boxes a frame: a noisy model
+        xy = rng.uniform(0, 1000, (50, 2))
+        tr.update(Detections(np.hstack([xy, xy + 5]), np.full(50, 0.5), np.zeros(50)))
+    assert len(tr.active_ids) == 10

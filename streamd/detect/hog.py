@@ -16,6 +16,7 @@ import numpy as np
 from streamd.config import HOGDetectorSettings
 from streamd.detect.base import DetectorError, class_ids
 from streamd.detect.boxes import nms
+from streamd.detect.timing import PhaseTimes
 from streamd.detections import Detections
 from streamd.frames import Image
 
@@ -48,6 +49,8 @@ class HOGDetector:
 
     def __init__(self, settings: HOGDetectorSettings) -> None:
         self.max_batch = 16
+        self.phases = PhaseTimes()
+        """HOG has no separate pre/post step worth splitting: all of it is `inference`."""
         self.input_size = INPUT_SIZE
         self._conf, self._iou = settings.confidence, settings.iou
         self._min_height = settings.min_height
@@ -94,7 +97,11 @@ class HOGDetector:
         hog = self._hog
         if hog is None:
             raise DetectorError("hog detector used after close()")
-        return [self._detect_one(hog, im) for im in images]
+        with self.phases.phase("inference"):
+            found = [self._detect_one(hog, im) for im in images]
+        self.phases.calls += 1
+        self.phases.images += len(images)
+        return found
 
     def close(self) -> None:
         self._hog = None

@@ -17,6 +17,7 @@ import numpy as np
 
 from streamd.config import ONNXRuntimeDetectorSettings
 from streamd.detect.base import DetectorError, class_ids
+from streamd.detect.timing import PhaseTimes
 from streamd.detect.yolo import COCO80, decode, letterbox_batch, parse_names
 from streamd.detections import Detections
 from streamd.frames import Image
@@ -43,12 +44,17 @@ class ONNXRuntimeDetector:
     def __init__(self, settings: ONNXRuntimeDetectorSettings) -> None:
         import onnxruntime as ort
 
+        self.phases = PhaseTimes()
         path = settings.model
         if not path.is_file():
             raise DetectorError(f"detector.model: {path} does not exist")
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = settings.threads
         opts.log_severity_level = 3  # ORT's warnings go to stderr, not our log
+        # Idle worker threads spin-wait by default: on a 2-core edge box that burns a core
+        # between calls and starves motion and decoding; block instead.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
         available = ort.get_available_providers()
         providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider")
                      if p in available]
@@ -135,14 +141,19 @@ class ONNXRuntimeDetector:
         results: list[Detections] = []
         for start in range(0, len(images), step):
             chunk = images[start:start + step]
-            tensor, boxes = letterbox_batch(chunk, self.input_size)
-            if self._run_batch and len(chunk) < self._run_batch:
-                tensor = np.concatenate([tensor, np.zeros(
-                    (self._run_batch - len(chunk), *tensor.shape[1:]), np.float32)])
-            feed = {self._input: tensor.astype(self._dtype, copy=False)}
-            out = self._session.run([self._output], feed)
-            results += decode(np.asarray(out[0][:len(chunk)], np.float32), self._conf,
-                              self._iou, self._class_ids, boxes, labels=self.labels)
+            with self.phases.phase("preprocess"):
+                tensor, boxes = letterbox_batch(chunk, self.input_size)
+                if self._run_batch and len(chunk) < self._run_batch:
+                    tensor = np.concatenate([tensor, np.zeros(
+                        (self._run_batch - len(chunk), *tensor.shape[1:]), np.float32)])
+                feed = {self._input: tensor.astype(self._dtype, copy=False)}
+            with self.phases.phase("inference"):
+                out = self._session.run([self._output], feed)
+            with self.phases.phase("postprocess"):
+                results += decode(np.asarray(out[0][:len(chunk)], np.float32), self._conf,
+                                  self._iou, self._class_ids, boxes, labels=self.labels)
+            self.phases.calls += 1
+        self.phases.images += len(images)
         return results
 
     def close(self) -> None:
