@@ -41,6 +41,7 @@ from streamd.metrics import CameraFigures, Figures, MetricsServer
 from streamd.motion import MotionStage, Rois
 from streamd.notify import Notifier
 from streamd.publish import Publisher
+from streamd.snapshot import annotate
 from streamd.state import StateStore
 from streamd.track import Tracker
 
@@ -120,6 +121,10 @@ class CameraPipeline:
         self._motion = (MotionStage(app.settings.motion, camera.ignore)
                         if app.settings.motion.enabled else None)
         self._tracker = Tracker()
+        self.snapshot_requested = threading.Event()
+        self.descriptions: dict[int, str] = {}
+        """Latest description per track id, drawn on snapshots."""
+        self._next_snapshot = time.monotonic() + app.settings.snapshots.interval_s
         self._errors = 0
         self._detect_errors = 0
         self._pending: queue.Queue[_Pending | None] = queue.Queue(self.IN_FLIGHT)
@@ -257,11 +262,27 @@ class CameraPipeline:
         t4 = time.perf_counter()
         if app.describer_service is not None:
             self._offer(frame, rois, dets)
+        self._maybe_snapshot(frame, rois, dets)
         for times in (self.times, self.totals):
             times.frames += 1
             times.ms["motion"] += pending.motion_ms
             for key, dt in (("detect", t2 - t1), ("track", t3 - t2), ("publish", t4 - t3)):
                 times.ms[key] += dt * 1000.0
+
+    def _maybe_snapshot(self, frame: Frame, rois: Rois, dets: Detections) -> None:
+        snap = self._app.settings.snapshots
+        now = time.monotonic()
+        periodic = snap.interval_s > 0 and now >= self._next_snapshot
+        if not (periodic or self.snapshot_requested.is_set()):
+            return
+        self.snapshot_requested.clear()
+        if periodic:
+            self._next_snapshot = now + snap.interval_s
+        live = set(dets.tracker_id.tolist())
+        self.descriptions = {k: v for k, v in self.descriptions.items() if k in live}
+        self._app.publisher.publish_snapshot(frame.camera, annotate(
+            frame, rois, dets, self.descriptions, max_width=snap.max_width,
+            quality=snap.quality))
 
     def _result(self, pending: _Pending) -> Detections:
         """The frame's objects; on any failure none (the frame still goes out)."""
@@ -396,6 +417,7 @@ class App:
                 self.describer_service = stack.enter_context(
                     DescriberService(describer, s.describer, self._on_description))
             stack.callback(self.notifier.close)
+            self.publisher.on_snapshot_request = self._on_snapshot_request
             if s.metrics.prometheus_port is not None:
                 server = MetricsServer(s.metrics.host, s.metrics.prometheus_port, self.figures)
                 stack.callback(server.close)
@@ -515,6 +537,13 @@ class App:
                  ",".join(added) or "-", ",".join(removed) or "-", ",".join(changed) or "-",
                  len(self.cameras) - len(added) - len(changed))
         return True
+
+    def _on_snapshot_request(self, camera: str) -> None:
+        target = self.cameras.get(camera)
+        if target is None:
+            log.warning("snapshot requested for unknown camera %r", camera)
+            return
+        target.pipeline.snapshot_requested.set()
 
     def _on_camera_state(self, camera: str, state: CameraState, reason: str | None) -> None:
         self.publisher.publish_status(camera, state.value, reason)

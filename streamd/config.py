@@ -9,6 +9,7 @@ half (model files, file sources) that `streamd check` and `streamd run` add on t
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import string
@@ -346,6 +347,14 @@ class MotionSettings(_Model):
     max_rois: int = Field(8, ge=1, le=64, description="Largest ROIs kept per frame.")
 
 
+class SnapshotSettings(_Model):
+    interval_s: float = Field(
+        0.0, ge=0, description="Publish an annotated JPEG per camera every N s (0: only on "
+        "request, by any message to <prefix>/<camera>/snapshot/request).")
+    max_width: int = Field(960, ge=160, le=4096, description="Scaled down to this width.")
+    quality: int = Field(80, ge=10, le=100, description="JPEG quality.")
+
+
 class MetricsSettings(_Model):
     prometheus_port: int | None = Field(
         None, ge=1, le=65535, description="Serve Prometheus text on this port (needs "
@@ -415,6 +424,7 @@ class Settings(_Model):
         default_factory=lambda: TemplateDescriberSettings(backend="template"))
     motion: MotionSettings = Field(default_factory=MotionSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    snapshots: SnapshotSettings = Field(default_factory=SnapshotSettings)
     cameras: list[CameraSettings] = Field(min_length=1)
 
     @field_validator("cameras")
@@ -662,6 +672,10 @@ def preflight(config: Config) -> list[Problem]:
         elif not (desc.model / "config.json").is_file():
             problems.append(Problem(file, "describer.model", f"{desc.model} has no "
                                     "config.json: not a Hugging Face model directory"))
+        missing = [m for m in ("torch", "transformers") if importlib.util.find_spec(m) is None]
+        if missing:
+            problems.append(Problem(file, "describer.backend", f"{desc.backend} needs "
+                                    f"{' and '.join(missing)}: pip install 'streamd[vl]'"))
     for i, cam in enumerate(s.cameras):
         if cam.kind == "file" and not Path(str(cam.url)).is_file():
             problems.append(Problem(file, f"cameras[{i}].url", f"{cam.url} does not exist"))

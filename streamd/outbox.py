@@ -8,7 +8,7 @@ order, which is the order callers published them in, so per-topic `seq` order su
 outages and restarts.
 
 The bound is `max_messages` and `max_bytes` (payload bytes). Past either, the oldest rows
-not yet handed to paho are dropped by kind — stats first, then detections, then
+not yet handed to paho are dropped by kind — snapshots first, then stats, detections,
 descriptions — and counted; status rows are never dropped (there are at most a handful per
 camera and they carry the state a dashboard shows).
 
@@ -28,7 +28,7 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-DROP_ORDER = ("stats", "detections", "descriptions")
+DROP_ORDER = ("snapshot", "stats", "detections", "descriptions")
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ import logging
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
@@ -97,6 +98,8 @@ class Publisher:
         self.latency: dict[str, LatencyWindow] = collections.defaultdict(LatencyWindow)
         self.sent = 0
         self.acked = 0
+        self.on_snapshot_request: Callable[[str], None] | None = None
+        """Called (network thread) with the camera named by `<prefix>/<camera>/snapshot/request`."""
         self._client = self._make_client(password)
         self._pump = threading.Thread(target=self._run, name="mqtt-pump", daemon=True)
 
@@ -120,6 +123,7 @@ class Publisher:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
+        client.on_message = self._on_message
         return client
 
     def start(self) -> Publisher:
@@ -200,6 +204,12 @@ class Publisher:
                           origin_mono)
         return seq
 
+    def publish_snapshot(self, camera: str, jpeg: bytes) -> None:
+        """Retained annotated JPEG on `<prefix>/<camera>/snapshot` (binary, no seq)."""
+        with self._cond:
+            self._enqueue(f"{self.prefix}/{camera}/snapshot", jpeg, self._m.qos, True,
+                          "snapshot", camera, None)
+
     def publish_status(self, camera: str, state: str, reason: str | None) -> None:
         """Retained camera state; `reason` is redacted (it may quote a source URL)."""
         body = {"v": CONTRACT_VERSION, "camera": camera, "state": state,
@@ -279,6 +289,7 @@ class Publisher:
             return
         log.info("mqtt connected host=%s port=%d", self._m.host, self._m.port)
         client.publish(f"{self.prefix}/status", "online", qos=1, retain=True)
+        client.subscribe(f"{self.prefix}/+/snapshot/request", qos=1)
         with self._cond:
             self._connected = True
             self._cond.notify_all()
@@ -291,6 +302,13 @@ class Publisher:
             self._cond.notify_all()
         if was and not self._closed:
             log.warning("mqtt disconnected reason=%s; reconnecting", reason_code)
+
+    def _on_message(self, client: mqtt.Client, userdata: object,
+                    msg: mqtt.MQTTMessage) -> None:
+        """The only command topic: a snapshot request, routed to the app as is."""
+        camera = msg.topic[len(self.prefix) + 1:].split("/", 1)[0]
+        if self.on_snapshot_request is not None and not msg.retain:
+            self.on_snapshot_request(camera)
 
     def _on_publish(self, client: mqtt.Client, userdata: object, mid: int,
                     reason_code: ReasonCode, properties: object) -> None:

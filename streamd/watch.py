@@ -26,6 +26,8 @@ def summarise(topic: str, payload: bytes | bytearray, prefix: str) -> str:
     'cam/detections seq=3 frame=7 ts=1.500000 rois=1 objects=person#2(0.80)'
     """
     rel = topic[len(prefix) + 1:] if topic.startswith(prefix + "/") else topic
+    if rel.endswith("/snapshot"):
+        return f"{rel} JPEG {len(payload)} bytes"
     try:
         body: Any = json.loads(payload)
     except ValueError:
