@@ -243,7 +243,7 @@ class CaptureWorker:
         lossless = is_file and not cam.realtime
         interval = 1.0 / cam.fps if cam.fps else 0.0
         native_fps = cap.get(cv2.CAP_PROP_FPS) if is_file else 0.0
-        last_emit_time: float | None = None
+        next_due: float | None = None
         pace_origin: tuple[float, float] | None = None  # (monotonic, pts) for realtime files
         streaming = False
         while not self._stop.is_set():
@@ -255,7 +255,7 @@ class CaptureWorker:
                 if is_file and cam.loop and self.stats.frames_read:
                     if not cap.set(cv2.CAP_PROP_POS_FRAMES, 0):
                         raise SourceError("cannot rewind file for loop")
-                    pace_origin, last_emit_time = None, None
+                    pace_origin, next_due = None, None
                     continue
                 if is_file:
                     return "end of file" if streaming else "no frame could be decoded"
@@ -264,12 +264,17 @@ class CaptureWorker:
             self.stats.frames_read += 1
             self.stats.last_frame_mono = now_mono
             pts = self._pts(cap, native_fps)
-            # Rate cap: by stream time for lossless files, by wall time for live sources.
-            clock = pts if lossless and pts is not None else now_mono
-            if interval and last_emit_time is not None and \
-                    clock - last_emit_time < interval * 0.95:
-                self.stats.skipped += 1
-                continue
+            # Rate cap: by stream time for files, by arrival time for live sources. A live
+            # frame may come a quarter interval early (network jitter) without being
+            # skipped; the schedule then keeps the average at the cap.
+            clock = pts if is_file and pts is not None else now_mono
+            if interval:
+                early = interval * (0.01 if is_file else 0.25)
+                if next_due is not None and clock < next_due - early:
+                    self.stats.skipped += 1
+                    continue
+                next_due = clock + interval if next_due is None or clock > next_due + \
+                    interval else next_due + interval
             if is_file and cam.realtime and pts is not None:
                 if pace_origin is None:
                     pace_origin = (now_mono, pts)
@@ -284,7 +289,6 @@ class CaptureWorker:
             if image is None:
                 self.stats.decode_errors += 1
                 continue
-            last_emit_time = clock if not (is_file and cam.realtime) else now_mono
             frame = Frame(cam.name, self._frame_ids.next(), ts, image, pts, now_mono)
             try:
                 self.slot.put(frame, wait=lossless)
