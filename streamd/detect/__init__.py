@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from streamd.config import DetectorSettings, NoDetectorSettings
-from streamd.detect import hog, onnxruntime
+from streamd.detect import hog, onnxruntime, tensorrt
 from streamd.detect.base import Detector, DetectorError
 from streamd.detect.crops import plan_regions
 from streamd.detect.service import DetectorService, ServiceStopped
@@ -22,6 +22,7 @@ __all__ = ["BACKENDS", "Detector", "DetectorError", "DetectorService", "ServiceS
 
 BACKENDS: dict[str, Callable[[Any], Detector]] = {
     onnxruntime.KEY: onnxruntime.ONNXRuntimeDetector,
+    tensorrt.KEY: tensorrt.TensorRTDetector,  # imports TensorRT/CUDA only when created
     hog.KEY: hog.HOGDetector,
 }
 """YAML `backend:` -> the class that builds that detector from its settings."""
