@@ -52,6 +52,8 @@ ANALYSIS_STALL_S = DETECT_TIMEOUT_S + 15.0
 """An analysis thread silent this long is stuck (a frame never takes longer than the
 detector timeout plus motion and publishing)."""
 STATUS_INTERVAL_S = 5.0
+ENGINE_BUILD_BUDGET_S = 1800
+"""How long systemd should wait for startup while a TensorRT engine may be building."""
 
 
 @dataclass
@@ -406,6 +408,10 @@ class App:
         with contextlib.ExitStack() as stack:
             stack.enter_context(self.publisher)
             stack.callback(self._publish_stats)  # a final figure after everything drained
+            if s.detector.backend == "tensorrt":  # a first engine build takes minutes
+                self.notifier.send(f"EXTEND_TIMEOUT_USEC={ENGINE_BUILD_BUDGET_S * 10**6}",
+                                   "STATUS=loading the detector (building a TensorRT engine "
+                                   "if none is cached)")
             detector = create_detector(s.detector)
             if detector is not None:
                 stack.callback(detector.close)

@@ -1,4 +1,4 @@
-"""`streamd run | check | watch`: the operator's entry points.
+"""`streamd run | check | watch | bench | engine build | export`: the operator's entry points.
 
 Exit codes are part of the interface: 0 done (or drained after SIGTERM/SIGINT), 1 a
 startup failure the log explains (model file unusable, …), 2 an invalid config.
