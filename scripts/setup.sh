@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything streamd's demo and tests need on a fresh Debian/Ubuntu machine:
 # system packages (mosquitto, GStreamer RTSP server, the opencv-doc sample video), a venv in
-# .venv with streamd and its dev tools, the random-weight YOLO ONNX model, data/vtest.avi.
+# .venv with streamd, its dev tools and the [vl] extra (CPU torch, transformers), the
+# random-weight YOLO ONNX model, data/vtest.avi.
 # Safe to run again: it only does what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,7 +33,10 @@ stamp=.venv/.streamd-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   echo "setup: installing streamd and dev tools into .venv"
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e ".[dev]"
+  # torch first, pinned: the [vl] extra (transformers) then keeps it instead of resolving a
+  # different (CUDA, multi-GB) build. ~30 s and ~1.1 GB with transformers.
+  .venv/bin/python -m pip install -q "torch==2.13.0"
+  .venv/bin/python -m pip install -q -e ".[dev,vl]"
   touch "$stamp"
 fi
 

@@ -1,66 +1,53 @@
 """Describers turn one detected object into words, off the video path.
 
-A backend is one module holding its YAML key and its class, registered in `BACKENDS`;
-`DescriberService` (in `service.py`) owns scheduling, rate limits and the queue, so a
-backend only answers `describe(request) -> str`.
+Backends register here by their YAML `backend:` key, as detectors do: each backend module
+holds its `KEY` and its class, which takes that backend's settings. Heavy imports (torch,
+transformers) happen when a backend is created, so importing this package costs nothing for
+backends that are not configured. `DescriberService` (in `service.py`) owns scheduling, rate
+limits, the queue and the cache, so a backend only answers `describe(request) -> str`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Protocol
 
-from streamd.config import DescriberSettings, NoDescriberSettings, TemplateDescriberSettings
-from streamd.frames import Image
+from pydantic import SecretStr
 
+from streamd.config import DescriberSettings, NoDescriberSettings
+from streamd.describe import clip, openai, template, transformers
+from streamd.describe.base import Describer, DescribeRequest, DescriberError, Description
 
-@dataclass(frozen=True, eq=False)
-class DescribeRequest:
-    """What a describer may look at: the object, the frame it was seen in, and its motion."""
+__all__ = ["BACKENDS", "DescribeRequest", "Describer", "DescriberError", "Description",
+           "create_describer"]
 
-    camera: str
-    frame_id: int
-    ts: float
-    object_id: int
-    label: str
-    score: float
-    box: tuple[int, int, int, int]
-    """xyxy in pixels of the original frame."""
-    frame_wh: tuple[int, int]
-    flow_xy: tuple[float, float] | None = None
-    """Mean motion of the object's region, px/frame (x right, y down), if it moved."""
-    crop: Image | None = field(default=None, repr=False)
-    """The object's pixels (padded), for backends that look at the image."""
-
-
-class Describer(Protocol):
-    model: str
-    """Names the model in every description (`model` field of the payload)."""
-
-    def describe(self, request: DescribeRequest) -> str: ...
-
-    def close(self) -> None: ...
-
-
-class DescriberError(Exception):
-    """A configured describer could not start; the message says why."""
-
-
-def _template(settings: DescriberSettings) -> Describer:
-    from streamd.describe.template import TemplateDescriber
-
-    return TemplateDescriber()
-
-
-BACKENDS: dict[str, Callable[[DescriberSettings], Describer]] = {
-    "template": _template,
+BACKENDS: dict[str, Callable[..., Describer]] = {
+    template.KEY: template.TemplateDescriber,
+    transformers.KEY: transformers.TransformersDescriber,
+    openai.KEY: openai.OpenAIDescriber,
+    clip.KEY: clip.CLIPDescriber,
 }
+"""YAML `backend:` -> the class that builds that describer from its settings."""
 
 
-def create_describer(settings: DescriberSettings) -> Describer | None:
-    """The configured backend, or None for `backend: none`."""
+def create_describer(settings: DescriberSettings, api_key: SecretStr | None = None
+                     ) -> Describer | None:
+    """The configured describer, or None for `backend: none`.
+
+    `api_key` (read with the config, see `Config.describer_api_key`) goes to the one backend
+    that sends it, `openai`. Any failure to build the describer becomes a `DescriberError`
+    naming the backend and the reason, so startup stops with one clear line.
+    """
     if isinstance(settings, NoDescriberSettings):
         return None
-    assert isinstance(settings, TemplateDescriberSettings)
-    return BACKENDS[settings.backend](settings)
+    factory = BACKENDS.get(settings.backend)
+    if factory is None:
+        raise DescriberError(f"describer.backend: {settings.backend!r} is not available here "
+                             f"(known: {', '.join(sorted(BACKENDS))})")
+    try:
+        if settings.backend == openai.KEY:
+            return factory(settings, api_key)
+        return factory(settings)
+    except DescriberError:
+        raise
+    except Exception as exc:
+        raise DescriberError(f"{settings.backend} describer failed to start: {exc}") from exc

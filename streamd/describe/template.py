@@ -9,32 +9,14 @@ from __future__ import annotations
 
 import math
 
-from streamd.describe import DescribeRequest
+from streamd.config import TemplateDescriberSettings
+from streamd.describe.base import DescribeRequest
 
 KEY = "template"
 
-_ROWS = ("top", "middle", "bottom")
-_COLS = ("left", "centre", "right")
 _DIRECTIONS = ("right", "down-right", "down", "down-left", "left", "up-left", "up", "up-right")
 STILL_PX = 0.5
 """Below this mean flow (px/frame) an object is described as stationary."""
-
-
-def zone(box: tuple[int, int, int, int], frame_wh: tuple[int, int]) -> str:
-    """Name the cell of a 3x3 grid that holds the box centre.
-
-    >>> zone((0, 0, 10, 10), (300, 300))
-    'top-left'
-    >>> zone((140, 140, 160, 160), (300, 300))
-    'centre'
-    """
-    w, h = frame_wh
-    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
-    row = _ROWS[min(int(3 * cy / max(h, 1)), 2)]
-    col = _COLS[min(int(3 * cx / max(w, 1)), 2)]
-    if row == "middle":
-        return "centre" if col == "centre" else col
-    return row if col == "centre" else f"{row}-{col}"
 
 
 def direction(flow_xy: tuple[float, float]) -> str:
@@ -48,10 +30,18 @@ def direction(flow_xy: tuple[float, float]) -> str:
 
 
 class TemplateDescriber:
+    """Words from the request's fields; it never looks at the crop (`input_size` only keeps
+    the crop the cache hashes small)."""
+
     model = "template"
+    input_size = 64
+    square_input = False
+
+    def __init__(self, settings: TemplateDescriberSettings | None = None) -> None:
+        """Takes its settings like every backend; it has nothing to configure."""
 
     def describe(self, request: DescribeRequest) -> str:
-        where = zone(request.box, request.frame_wh)
+        where = request.zone
         text = f"{request.label} ({request.score:.0%}) in the {where} of {request.camera}"
         flow = request.flow_xy
         if flow is None or math.hypot(*flow) < STILL_PX:
