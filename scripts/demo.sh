@@ -4,7 +4,7 @@
 # daemon on configs/demo.yaml (vtest.avi, HOG people detector). Ctrl-C stops it cleanly.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-./scripts/setup.sh
+./scripts/setup.sh demo
 CONFIG=${1:-configs/demo.yaml}
 shift || true
 

@@ -29,14 +29,19 @@ if [ ! -x .venv/bin/python ]; then
   echo "setup: creating .venv"
   "$PYTHON" -m venv .venv
 fi
-stamp=.venv/.streamd-installed
+# demo: streamd and the ONNX builder; test: also the dev tools and the [vl] extra (torch
+# first, pinned, so transformers keeps it instead of resolving a multi-GB CUDA build).
+MODE=${1:-test}
+stamp=.venv/.streamd-installed-$MODE
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-  echo "setup: installing streamd and dev tools into .venv"
+  echo "setup: installing streamd ($MODE) into .venv"
   .venv/bin/python -m pip install -q --upgrade pip
-  # torch first, pinned: the [vl] extra (transformers) then keeps it instead of resolving a
-  # different (CUDA, multi-GB) build. ~30 s and ~1.1 GB with transformers.
-  .venv/bin/python -m pip install -q "torch==2.13.0"
-  .venv/bin/python -m pip install -q -e ".[dev,vl]"
+  if [ "$MODE" = demo ]; then
+    .venv/bin/python -m pip install -q -e ".[models]"
+  else
+    .venv/bin/python -m pip install -q "torch==2.13.0"
+    .venv/bin/python -m pip install -q -e ".[dev,vl]"
+  fi
   touch "$stamp"
 fi
 

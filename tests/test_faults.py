@@ -56,7 +56,9 @@ def test_broker_outage_with_a_daemon_restart_loses_nothing(
     while the broker is still down, and the new process drains the old backlog when the
     broker returns. A persistent subscriber on a persistent broker then holds every frame:
     detections seq and frame_id contiguous from 1, nothing lost, nothing out of order."""
-    clip = paced_clip(tmp_path, frames=40, fps=20)
+    # 5 fps: a frame is overwritten unseen only after a 200 ms stall, so even a loaded CI
+    # box analyses every frame and frame_id contiguity means "nothing lost".
+    clip = paced_clip(tmp_path, frames=40, fps=5)
     broker = Mosquitto(free_port(), tmp_path / "mq", persistence=True).start()
     sub = Collector(broker.host, broker.port, f"{PREFIX}/#", client_id="faults-persistent",
                     clean_session=False).start()
@@ -64,7 +66,7 @@ def test_broker_outage_with_a_daemon_restart_loses_nothing(
                                        "loop": True}], tmp_path / "state", publish_empty=True)
     try:
         first = daemon(cfg)
-        sub.wait_count(f"{PREFIX}/cam/detections", 10, 30)
+        sub.wait_count(f"{PREFIX}/cam/detections", 5, 30)
         broker.stop()
         down_at = time.time()
         time.sleep(2.5)
@@ -94,7 +96,7 @@ def test_broker_outage_with_a_daemon_restart_loses_nothing(
     published_during = [p for p in unique if down_at <= p["ts"] <= back]
     print(f"outage {back - down_at:.1f}s; {len(unique)} detections in all, "
           f"{len(published_during)} captured during the outage, all delivered")
-    assert len(published_during) >= 20, "the outage should have been ~4.5 s at 10+ fps"
+    assert len(published_during) >= 15, "the outage should have been ~4.5 s at 5 fps"
 
 
 @pytest.mark.timeout(150)
