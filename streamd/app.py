@@ -281,7 +281,8 @@ class CameraPipeline:
         if periodic:
             self._next_snapshot = now + snap.interval_s
         live = set(dets.tracker_id.tolist())
-        self.descriptions = {k: v for k, v in self.descriptions.items() if k in live}
+        current = dict(self.descriptions)  # one C-level copy: the describer thread writes too
+        self.descriptions = {k: v for k, v in current.items() if k in live}
         self._app.publisher.publish_snapshot(frame.camera, annotate(
             frame, rois, dets, self.descriptions, max_width=snap.max_width,
             quality=snap.quality))
@@ -556,6 +557,9 @@ class App:
 
     def _on_description(self, d: Description) -> None:
         request = d.request
+        camera = self.cameras.get(request.camera)
+        if camera is not None:  # drawn on the next snapshot
+            camera.pipeline.descriptions[request.object_id] = d.text
         self.publisher.publish_camera(request.camera, "descriptions", {
             "frame_id": request.frame_id, "ts": request.ts, "object_id": request.object_id,
             "label": request.label, "box": list(request.box), "text": d.text,
