@@ -338,7 +338,10 @@ class MotionSettings(_Model):
     enabled: bool = Field(
         True, description="false: no motion gating; the detector then needs "
         "`full_frame_every` (the naive baseline of `streamd bench`).")
-    scale_width: int = Field(320, ge=32, le=1920, description="Flow is computed at this width.")
+    scale_width: int = Field(
+        320, ge=32, le=1920, description="Flow is computed at this width. 240 costs ~45 % "
+        "of 320 and finds the same moving objects down to ~20 px (at 640 px wide); 160 "
+        "also misses objects slower than ~2 px/frame.")
     threshold: Literal["auto"] | Annotated[float, Field(gt=0)] = Field(
         "auto", description="Flow magnitude (px/frame at full resolution) that counts as "
         "motion; `auto` adapts to the scene's noise floor.")

@@ -254,7 +254,8 @@ def test_magnitude_field_to_boxes(blobs: list[Rect], min_area: float, pad: float
                                   expected: list[Rect]) -> None:
     """Morphology, merging, min_area, padding, clipping and the mapping to full-frame pixels,
     on a hand-made magnitude field at the flow scale (640x480 frame, flow at 320x240)."""
-    stage = MotionStage(MotionSettings(min_area=min_area, pad=pad, threshold=1.0))
+    stage = MotionStage(MotionSettings(scale_width=320, min_area=min_area, pad=pad,
+                                       threshold=1.0))
     stage.propose(frame(still(wh=(640, 480))))  # sizes the stage for 640x480
     mag = np.zeros((240, 320), np.float32)
     for x1, y1, x2, y2 in blobs:

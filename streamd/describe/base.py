@@ -65,7 +65,8 @@ class Describer(Protocol):
     model: str
     """Names the model in every description (`model` field of the payload)."""
     input_size: int
-    """Longest crop side (px) worth sending: larger crops are shrunk before queueing, so the
+    """Longest crop side (px) worth sending (0: the backend looks at no pixels, so nothing is
+    cropped or cached for it): larger crops are shrunk before queueing, so the
     queue holds small images and an HTTP backend sends no more than the model will use."""
     square_input: bool
     """The model looks at a square (CLIP-style centre crop): the service widens the box to a

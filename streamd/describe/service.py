@@ -208,19 +208,21 @@ class DescriberService:
             if self._stopping or not self.wants(request.camera, request.object_id,
                                                 request.label, zone, now):
                 return False
+            looks = self.describer.input_size > 0
             crop = crop_for(image, request.box, s.crop_pad, self.describer.input_size,
-                            self.describer.square_input)
+                            self.describer.square_input) if looks else None
             prompt = ""
             if isinstance(s, PromptedDescriberSettings):
                 prompt = render_prompt(s.prompts.get(request.label, s.prompt), request.label,
                                        request.camera, zone)
             context: Context = (request.camera, request.label, zone, prompt)
-            phash = dhash(crop)
-            text = self._cache.get(context, phash) if s.cache_size else None
+            phash = dhash(crop) if crop is not None else 0
+            cached = s.cache_size > 0 and looks
+            text = self._cache.get(context, phash) if cached else None
             if text is None and not self._take_tokens(request.camera, now):
                 self.stats.rate_limited += 1
                 return False  # still due: it is offered again with the next frame
-            if s.cache_size:
+            if cached:
                 if text is None:
                     self.stats.cache_misses += 1
                 else:
@@ -292,7 +294,8 @@ class DescriberService:
                     log.info("describer model=%s answers again after %d failures",
                              self.describer.model, self._failures_in_row)
                     self._failures_in_row = 0
-                self._cache.put(job.context, job.phash, text)
+                if job.request.crop is not None:  # a backend that looks at pixels
+                    self._cache.put(job.context, job.phash, text)
             latency_ms = (time.monotonic() - started) * 1000.0
             with self._cond:
                 if self._abandoned:

@@ -30,11 +30,11 @@ def direction(flow_xy: tuple[float, float]) -> str:
 
 
 class TemplateDescriber:
-    """Words from the request's fields; it never looks at the crop (`input_size` only keeps
-    the crop the cache hashes small)."""
+    """Words from the request's fields; it never looks at pixels, so `input_size` is 0 and
+    the service neither crops nor hashes for it (its text depends on motion, not looks)."""
 
     model = "template"
-    input_size = 64
+    input_size = 0
     square_input = False
 
     def __init__(self, settings: TemplateDescriberSettings | None = None) -> None:
