@@ -15,6 +15,7 @@ import logging
 import queue
 import threading
 import time
+import zlib
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
@@ -104,10 +105,12 @@ class CameraPipeline:
     """One camera's analysis, in two threads so the stages overlap: `analyse` runs motion
     and submits crops to the shared detector, `finish` waits for the objects (in frame
     order), tracks them and publishes. While the detector works on frame n, motion already
-    runs on frame n+1 and capture decodes frame n+2. At most `IN_FLIGHT` frames sit between
-    the halves, so latency stays bounded and live sources drop at the slot instead."""
+    runs on frame n+1 and capture decodes frame n+2. Few frames sit between the halves: a
+    live camera's backlog would be latency, so live sources keep one (and drop at the slot
+    when analysis falls behind); files, which wait anyway, keep a few to smooth the flow."""
 
-    IN_FLIGHT = 3
+    IN_FLIGHT_LIVE = 1
+    IN_FLIGHT_FILE = 3
 
     def __init__(self, camera: CameraSettings, slot: FrameSlot, app: App) -> None:
         self.camera = camera
@@ -119,7 +122,11 @@ class CameraPipeline:
         self.last_progress_mono = time.monotonic()
         self.finish_progress_mono = time.monotonic()
         self._app = app
-        self._since_detect = 0
+        # Cameras started together would all run the detector on the same ticks (interval,
+        # full_frame_every): a burst every k frames and idle in between. A per-camera phase
+        # spreads the load, which is what keeps the latency tail short.
+        self._phase = zlib.crc32(camera.name.encode())
+        self._since_detect = self._phase % max(getattr(app.settings.detector, "interval", 1), 1)
         self._motion = (MotionStage(app.settings.motion, camera.ignore)
                         if app.settings.motion.enabled else None)
         self._tracker = Tracker()
@@ -129,7 +136,9 @@ class CameraPipeline:
         self._next_snapshot = time.monotonic() + app.settings.snapshots.interval_s
         self._errors = 0
         self._detect_errors = 0
-        self._pending: queue.Queue[_Pending | None] = queue.Queue(self.IN_FLIGHT)
+        live = camera.kind != "file" or camera.realtime
+        self._pending: queue.Queue[_Pending | None] = queue.Queue(
+            self.IN_FLIGHT_LIVE if live else self.IN_FLIGHT_FILE)
         self._thread = threading.Thread(target=self._run, name=f"analysis-{camera.name}",
                                         daemon=True)
         self._finisher = threading.Thread(target=self._finish_loop,
@@ -226,7 +235,7 @@ class CameraPipeline:
         det = app.settings.detector
         every = getattr(det, "full_frame_every", 0)
         interval = getattr(det, "interval", 1)
-        full = every > 0 and index % every == 0
+        full = every > 0 and (index + self._phase) % every == 0
         self._since_detect += 1
         due = self._since_detect >= interval
         if full or (due and len(rois)):
