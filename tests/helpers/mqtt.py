@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import threading
@@ -24,7 +23,7 @@ from typing import IO, Any, TypeVar
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from tests.helpers.procs import die_with_parent
+from tests.helpers.procs import die_with_parent, terminate
 
 MOSQUITTO = os.environ.get("STREAMD_TEST_MOSQUITTO") or shutil.which("mosquitto") \
     or "/usr/sbin/mosquitto"
@@ -133,15 +132,7 @@ class Mosquitto:
         """SIGTERM (mosquitto saves persistence then), SIGKILL after ``timeout_s``. Returns the
         exit status, None if it was not running. Safe to call twice."""
         proc, self.proc = self.proc, None
-        code: int | None = None
-        if proc is not None:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-            try:
-                code = proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                code = proc.wait(timeout_s)
+        code = terminate(proc, timeout_s)
         if self._log is not None:
             self._log.close()
             self._log = None

@@ -39,6 +39,20 @@ def die_with_parent() -> None:
     if _LIBC is not None:
         _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
+def terminate(proc: subprocess.Popen[Any] | None, timeout_s: float) -> int | None:
+    """SIGTERM, then SIGKILL after ``timeout_s``; the exit status, None if there was no
+    process. Servers get SIGTERM first so they can save state (mosquitto's persistence)."""
+    if proc is None:
+        return None
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait(timeout_s)
+
+
 _handed_out: set[int] = set()
 _port_lock = threading.Lock()
 

@@ -363,18 +363,12 @@ class RtspServer:
     def stop(self, timeout_s: float = 5.0) -> int | None:
         """SIGTERM, then SIGKILL after ``timeout_s``; returns the exit status (None if it was
         not running). Safe to call twice."""
+        from tests.helpers.procs import terminate  # venv side only; see module doc
+
         proc, self.proc = self.proc, None
-        code: int | None = None
-        if proc is not None:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-            try:
-                code = proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                code = proc.wait(timeout_s)
-            if proc.stdout is not None:
-                proc.stdout.close()
+        code = terminate(proc, timeout_s)
+        if proc is not None and proc.stdout is not None:
+            proc.stdout.close()
         if self._stderr is not None:
             self._stderr.close()
             self._stderr = None
