@@ -496,8 +496,11 @@ class App:
                 stage_ms={"decode": st.decode_ms, **pipe.totals.ms},
                 latency_ms=self.publisher.latency[name].percentiles())
         d = self.detector_service
+        described = self.describer_service.snapshot() if self.describer_service else {}
         return Figures(cams, self.publisher.pending, dict(self.publisher.dropped),
-                       self.publisher.connected, d.batches if d else 0, d.crops if d else 0)
+                       self.publisher.connected, d.batches if d else 0, d.crops if d else 0,
+                       {k: float(v) for k, v in described.items()
+                        if isinstance(v, int | float) and not isinstance(v, bool)})
 
     def summary(self) -> str:
         """One line for `systemctl status`."""

@@ -41,6 +41,8 @@ class Figures:
     mqtt_connected: bool
     detector_batches: int = 0
     detector_crops: int = 0
+    describer: dict[str, float] = field(default_factory=dict)
+    """The describer's numeric figures (offered, described, dropped, cache_hit_rate, …)."""
 
 
 class MetricsError(Exception):
@@ -120,3 +122,8 @@ class _Collector:
                                   value=f.detector_batches)
         yield CounterMetricFamily("streamd_detector_crops", "Images sent to the detector",
                                   value=f.detector_crops)
+        describer = GaugeMetricFamily("streamd_describer", "Describer figures, as in the "
+                                      "stats topic", labels=["figure"])
+        for key, value in f.describer.items():
+            describer.add_metric([key], value)
+        yield describer

@@ -50,7 +50,7 @@ def test_prometheus_endpoint_serves_the_running_figures(
     write_moving_shapes_video(clip, frames=60, wh=(160, 120), fps=20)
     port = free_port()
     cfg = daemon_config(mosquitto.port, [{"name": "cam", "url": str(clip), "realtime": True}],
-                        tmp_path / "state")
+                        tmp_path / "state", describer={"backend": "template"})
     cfg["metrics"] = {"prometheus_port": port}
     d = daemon(cfg)
     d.wait_output("prometheus metrics on", 20)
@@ -63,6 +63,7 @@ def test_prometheus_endpoint_serves_the_running_figures(
     assert lines['streamd_camera_state{camera="cam",state="streaming"}'] == 1.0
     assert lines["streamd_mqtt_connected"] == 1.0
     assert 'streamd_stage_seconds_total{camera="cam",stage="motion"}' in lines
+    assert 'streamd_describer{figure="offered"}' in lines
 
 
 @pytest.mark.timeout(240)
