@@ -57,10 +57,8 @@ def onnx_settings(model: Path, **kw: Any) -> ONNXRuntimeDetectorSettings:
 
 
 @pytest.fixture(scope="module")
-def vtest_frame() -> Image:
-    if not VTEST.is_file():
-        pytest.skip(f"{VTEST} missing (Debian package opencv-doc)")
-    cap = cv2.VideoCapture(str(VTEST))
+def vtest_frame(sample_video: Path) -> Image:
+    cap = cv2.VideoCapture(str(sample_video))
     cap.set(cv2.CAP_PROP_POS_FRAMES, 100)
     ok, image = cap.read()
     cap.release()

@@ -18,7 +18,7 @@ import numpy as np
 from streamd.config import ONNXRuntimeDetectorSettings
 from streamd.detect.base import DetectorError, class_ids
 from streamd.detect.timing import PhaseTimes
-from streamd.detect.yolo import COCO80, decode, letterbox_batch, parse_names
+from streamd.detect.yolo import decode, letterbox_batch, parse_names, resolve_labels
 from streamd.detections import Detections
 from streamd.frames import Image
 
@@ -113,26 +113,14 @@ class ONNXRuntimeDetector:
         return int(out.shape[1]) - 4
 
     def _labels(self, settings: ONNXRuntimeDetectorSettings, classes: int) -> tuple[str, ...]:
-        if settings.labels is not None:
-            if len(settings.labels) != classes:
-                raise DetectorError(f"detector.labels has {len(settings.labels)} names; the "
-                                    f"model has {classes} classes")
-            return tuple(settings.labels)
         meta = self._session.get_modelmeta().custom_metadata_map.get("names")
-        if meta is not None:
+        names = None
+        if meta is not None and settings.labels is None:
             try:
                 names = parse_names(meta)
             except ValueError as exc:
                 raise DetectorError(f"detector.model: {exc}; set detector.labels") from None
-            if len(names) != classes:
-                raise DetectorError(f"detector.model: names metadata has {len(names)} "
-                                    f"entries, the output {classes} classes")
-            return tuple(names)
-        if classes == len(COCO80):
-            return COCO80
-        log.warning("%s has no names metadata and %d classes: labels are class ids; set "
-                    "detector.labels", settings.model, classes)
-        return tuple(str(i) for i in range(classes))
+        return resolve_labels(settings.labels, names, classes, f"detector.model {settings.model}")
 
     def detect(self, images: Sequence[Image]) -> list[Detections]:
         if self._session is None:

@@ -30,7 +30,7 @@ from streamd.detect.build import EngineFile, ensure_engine
 from streamd.detect.gpu import CudaRuntime, host_view, import_cudart, import_tensorrt, trt_logger
 from streamd.detect.onnxruntime import anchor_count
 from streamd.detect.timing import PhaseTimes
-from streamd.detect.yolo import COCO80, decode, letterbox_batch
+from streamd.detect.yolo import decode, letterbox_batch, resolve_labels
 from streamd.detections import Detections
 from streamd.frames import Image
 
@@ -130,28 +130,6 @@ class IOBuffers:
         self._host.clear()
         self._device.clear()
         self.capacity = 0
-
-
-def resolve_labels(configured: Sequence[str] | None, from_model: Sequence[str] | None,
-                   classes: int, source: str) -> tuple[str, ...]:
-    """Label table for a model with `classes` outputs: `detector.labels`, else the model's
-    names (ONNX metadata via the sidecar, or the Ultralytics header), else COCO's 80, else
-    the class ids (with a warning)."""
-    if configured is not None:
-        if len(configured) != classes:
-            raise DetectorError(f"detector.labels has {len(configured)} names; the model has "
-                                f"{classes} classes")
-        return tuple(configured)
-    if from_model is not None:
-        if len(from_model) != classes:
-            raise DetectorError(f"{source}: names metadata has {len(from_model)} entries, the "
-                                f"output {classes} classes; set detector.labels")
-        return tuple(from_model)
-    if classes == len(COCO80):
-        return COCO80
-    log.warning("%s has no class names and %d classes: labels are class ids; set "
-                "detector.labels", source, classes)
-    return tuple(str(i) for i in range(classes))
 
 
 class TensorRTDetector:

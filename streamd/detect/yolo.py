@@ -10,6 +10,7 @@ followed by C class scores that are already sigmoid probabilities.
 from __future__ import annotations
 
 import ast
+import logging
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -17,9 +18,12 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
+from streamd.detect.base import DetectorError
 from streamd.detect.boxes import nms
 from streamd.detections import Detections, FloatArray, IntArray
 from streamd.frames import Image
+
+log = logging.getLogger(__name__)
 
 COCO80: tuple[str, ...] = (
     "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat",
@@ -134,3 +138,25 @@ def parse_names(metadata: str) -> list[str]:
     if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
         raise ValueError("names metadata must map class ids to strings")
     return list(value)
+
+
+def resolve_labels(configured: Sequence[str] | None, from_model: Sequence[str] | None,
+                   classes: int, source: str) -> tuple[str, ...]:
+    """Label table for a model with `classes` outputs: `detector.labels`, else the model's
+    names (ONNX metadata via the sidecar, or the Ultralytics header), else COCO's 80, else
+    the class ids (with a warning)."""
+    if configured is not None:
+        if len(configured) != classes:
+            raise DetectorError(f"detector.labels has {len(configured)} names; the model has "
+                                f"{classes} classes")
+        return tuple(configured)
+    if from_model is not None:
+        if len(from_model) != classes:
+            raise DetectorError(f"{source}: names metadata has {len(from_model)} entries, the "
+                                f"output {classes} classes; set detector.labels")
+        return tuple(from_model)
+    if classes == len(COCO80):
+        return COCO80
+    log.warning("%s has no class names and %d classes: labels are class ids; set "
+                "detector.labels", source, classes)
+    return tuple(str(i) for i in range(classes))
