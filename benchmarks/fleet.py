@@ -37,7 +37,7 @@ def main() -> int:
     ap.add_argument("--width", type=int, default=640)
     ap.add_argument("--height", type=int, default=480)
     ap.add_argument("--scale-width", type=int, default=160, help="motion.scale_width")
-    ap.add_argument("--interval", type=int, default=3, help="detector.interval")
+    ap.add_argument("--interval", type=int, default=5, help="detector.interval")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     model = REPO / "engines" / "yolov8n-random.onnx"
