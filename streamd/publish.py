@@ -33,6 +33,9 @@ from streamd.state import Counter, StateStore
 log = logging.getLogger(__name__)
 
 CONTRACT_VERSION = 1
+EARLY_ACK_TTL_S = 5.0
+"""The pump records a mid milliseconds after paho hands it out; paho would need 65 535
+messages to reuse one. An early acknowledgement older than this belongs to an old mid."""
 
 def encode(payload: dict[str, Any]) -> bytes:
     """Compact JSON; numpy scalars and arrays become plain numbers and lists."""
@@ -87,7 +90,11 @@ class Publisher:
         """Highest outbox id stored; a backlog from a previous run is sent first."""
         self._inflight: dict[int, int] = {}
         """paho mid → outbox id, for QoS >= 1 messages awaiting PUBACK."""
-        self._early_acks: set[int] = set()
+        self._early_acks: dict[int, float] = {}
+        """mid → monotonic time of an on_publish that came before the pump recorded the mid
+        (or that belongs to a message nobody records: QoS 0, online/offline). Only a fresh
+        entry counts: paho reuses mids, and a stale one must never acknowledge a new
+        message before its PUBACK."""
         self._origins: dict[int, tuple[str, float]] = {}
         """outbox id → (camera, capture monotonic time), for capture→publish latency."""
         self._max_inflight = max_inflight
@@ -259,14 +266,11 @@ class Publisher:
             with self._cond:
                 self._cursor = row.id
                 self.sent += 1
-                if row.qos == 0:
-                    acked = True
-                elif info.mid in self._early_acks:
-                    self._early_acks.discard(info.mid)
-                    acked = True
-                else:
+                early = self._early_acks.pop(info.mid, None)
+                acked = row.qos == 0 or (
+                    early is not None and time.monotonic() - early < EARLY_ACK_TTL_S)
+                if not acked:
                     self._inflight[info.mid] = row.id
-                    acked = False
                 origin = self._origins.pop(row.id, None)
             if acked:
                 self._acked(row.id)
@@ -314,7 +318,11 @@ class Publisher:
                     reason_code: ReasonCode, properties: object) -> None:
         with self._cond:
             row_id = self._inflight.pop(mid, None)
-            if row_id is None:  # acknowledged before the pump recorded it, or QoS 0 sent
-                self._early_acks.add(mid)
+            if row_id is None:  # before the pump recorded it, or a message nobody records
+                now = time.monotonic()
+                if len(self._early_acks) > 256:
+                    self._early_acks = {m: t for m, t in self._early_acks.items()
+                                        if now - t < EARLY_ACK_TTL_S}
+                self._early_acks[mid] = now
                 return
         self._acked(row_id)
