@@ -565,50 +565,41 @@ def validate(data: Any, file: str = "<config>", lines: dict[tuple[int | str, ...
         raise ConfigError(list(problems.values())) from None
 
 
-def _read_password(settings: Settings, file: str) -> SecretStr | None:
-    pf = settings.mqtt.password_file
-    if pf is not None:
-        candidates = [pf]
-        creds = os.environ.get("CREDENTIALS_DIRECTORY")
-        if creds and not pf.is_absolute():
-            candidates.insert(0, Path(creds) / pf)
-        for path in candidates:
-            try:
-                return SecretStr(path.read_text().strip("\r\n"))
-            except FileNotFoundError:
-                continue
-            except OSError as exc:
-                raise ConfigError([Problem(file, "mqtt.password_file",
-                                           f"cannot read {path}: {exc.strerror}")]) from None
-        raise ConfigError([Problem(file, "mqtt.password_file", f"{pf} does not exist")])
-    env = os.environ.get(PASSWORD_ENV)
-    return SecretStr(env) if env else None
-
-
-def _read_describer_key(settings: Settings, file: str) -> SecretStr | None:
-    """The `openai` describer's API key: `describer.api_key_file` (relative: looked up in
-    $CREDENTIALS_DIRECTORY first), else env STREAMD_DESCRIBER_API_KEY, else none (a local
-    server such as Ollama needs none)."""
-    d = settings.describer
-    if not isinstance(d, OpenAIDescriberSettings):
-        return None
-    if d.api_key_file is None:
-        env = os.environ.get(DESCRIBER_KEY_ENV)
+def _read_secret(secret_file: Path | None, env_name: str, key: str, file: str,
+                 strip: str | None) -> SecretStr | None:
+    """A secret from `secret_file` (relative: looked up in systemd's
+    $CREDENTIALS_DIRECTORY first), else from env `env_name`, else None. `strip` is what is
+    trimmed from the file's ends (a password may end in a space, a key may not)."""
+    if secret_file is None:
+        env = os.environ.get(env_name)
         return SecretStr(env) if env else None
-    candidates = [d.api_key_file]
+    candidates = [secret_file]
     creds = os.environ.get("CREDENTIALS_DIRECTORY")
-    if creds and not d.api_key_file.is_absolute():
-        candidates.insert(0, Path(creds) / d.api_key_file)
+    if creds and not secret_file.is_absolute():
+        candidates.insert(0, Path(creds) / secret_file)
     for path in candidates:
         try:
-            return SecretStr(path.read_text().strip())
+            return SecretStr(path.read_text().strip(strip))
         except FileNotFoundError:
             continue
         except OSError as exc:
-            raise ConfigError([Problem(file, "describer.api_key_file",
-                                       f"cannot read {path}: {exc.strerror}")]) from None
-    raise ConfigError([Problem(file, "describer.api_key_file",
-                               f"{d.api_key_file} does not exist")])
+            raise ConfigError([Problem(file, key, f"cannot read {path}: {exc.strerror}")]
+                              ) from None
+    raise ConfigError([Problem(file, key, f"{secret_file} does not exist")])
+
+
+def _read_password(settings: Settings, file: str) -> SecretStr | None:
+    return _read_secret(settings.mqtt.password_file, PASSWORD_ENV, "mqtt.password_file", file,
+                        "\r\n")
+
+
+def _read_describer_key(settings: Settings, file: str) -> SecretStr | None:
+    """The `openai` describer's API key: `describer.api_key_file`, else env
+    STREAMD_DESCRIBER_API_KEY, else none (a local server such as Ollama needs none)."""
+    d = settings.describer
+    if not isinstance(d, OpenAIDescriberSettings):
+        return None
+    return _read_secret(d.api_key_file, DESCRIBER_KEY_ENV, "describer.api_key_file", file, None)
 
 
 def load(path: str | os.PathLike[str]) -> Config:
