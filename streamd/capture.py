@@ -67,7 +67,6 @@ class CaptureStats:
     reconnects: int = 0
     decode_ms: float = 0.0
     """Time spent in grab() + retrieve() (demux, decode, colour conversion), in total."""
-    last_frame_mono: float = 0.0
     heartbeat_mono: float = 0.0
     """Last time the thread showed it is not stuck (a read returned, a backoff slice ended);
     the systemd watchdog is fed only while every camera's heartbeat is fresh."""
@@ -262,7 +261,6 @@ class CaptureWorker:
                 raise SourceError("no frame within read timeout or stream ended")
             now_mono, ts = time.monotonic(), time.time()
             self.stats.frames_read += 1
-            self.stats.last_frame_mono = now_mono
             pts = self._pts(cap, native_fps)
             # Rate cap: by stream time for files, by arrival time for live sources. A live
             # frame may come a quarter interval early (network jitter) without being

@@ -103,8 +103,6 @@ class Publisher:
         self._connected = False
         self._closed = False
         self.latency: dict[str, LatencyWindow] = collections.defaultdict(LatencyWindow)
-        self.sent = 0
-        self.acked = 0
         self.on_snapshot_request: Callable[[str], None] | None = None
         """Called (network thread) with the camera named by `<prefix>/<camera>/snapshot/request`."""
         self._client = self._make_client(password)
@@ -265,7 +263,6 @@ class Publisher:
                 continue
             with self._cond:
                 self._cursor = row.id
-                self.sent += 1
                 early = self._early_acks.pop(info.mid, None)
                 acked = row.qos == 0 or (
                     early is not None and time.monotonic() - early < EARLY_ACK_TTL_S)
@@ -280,7 +277,6 @@ class Publisher:
     def _acked(self, row_id: int) -> None:
         self.outbox.remove(row_id)
         with self._cond:
-            self.acked += 1
             self._cond.notify_all()  # stop() may be waiting for the outbox to empty
 
     # -- paho callbacks (network thread) -----------------------------------------------------
