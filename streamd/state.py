@@ -5,6 +5,11 @@ persisted in the state directory. Writing on every increment would cost a disk w
 frame; instead each counter *reserves* a block ahead and persists the end of the block.
 A clean shutdown persists exact values (so `seq` stays contiguous across a restart); after a
 crash the daemon resumes from the reserved end, so ids jump forward, never back.
+
+That promise holds only if the file on disk never holds an older snapshot than one a counter
+already relied on. Several threads reserve at once (every camera's capture thread, the
+publisher), so writes are serialised and numbered: a snapshot older than the one last
+written is never written over it (see `StateStore.set_marks`).
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import tempfile
 import threading
 from pathlib import Path
 
@@ -20,16 +26,27 @@ log = logging.getLogger(__name__)
 RESERVE = 1000
 """Counter values handed out per persisted write."""
 
+_TMP_PREFIX = "counters."
+_TMP_SUFFIX = ".tmp"
+
 
 class StateStore:
-    """A JSON file of named high-water marks, written atomically (write, fsync, rename)."""
+    """A JSON file of named high-water marks, written atomically and durably (unique temp
+    file, fsync, rename, fsync of the directory). One daemon per state directory."""
 
     def __init__(self, directory: Path) -> None:
+        self.directory = directory
         self.path = directory / "counters.json"
+        # _lock guards _marks and _generation, for dict operations only, never across I/O;
+        # _write_lock serialises writers, so the last rename is always of the newest snapshot.
         self._lock = threading.Lock()
+        self._write_lock = threading.Lock()
         self._marks: dict[str, int] = {}
+        self._generation = 0  # bumped by every update
+        self._written = 0  # the generation on disk: updates up to it are durable
         try:
             directory.mkdir(parents=True, exist_ok=True)
+            self._remove_stale_temp_files()
             if self.path.exists():
                 raw = json.loads(self.path.read_text())
                 self._marks = {str(k): int(v) for k, v in raw.items()}
@@ -39,23 +56,59 @@ class StateStore:
             log.error("state file %s unreadable (%s); counters restart from 0", self.path, exc)
             self._marks = {}
 
+    def _remove_stale_temp_files(self) -> None:
+        """A process killed between creating its temp file and the rename leaves one behind;
+        it never held the only copy of anything (the rename did not happen)."""
+        for stale in self.directory.glob(f"{_TMP_PREFIX}*{_TMP_SUFFIX}"):
+            stale.unlink(missing_ok=True)
+
     def mark(self, name: str) -> int:
         with self._lock:
             return self._marks.get(name, 0)
 
     def set_marks(self, marks: dict[str, int]) -> None:
+        """Record `marks` and return once a snapshot holding them is on disk (or the write
+        failed and was logged).
+
+        Callers hand out values up to a mark only after this returns, so the file must never
+        go back to a snapshot taken before: writers queue on `_write_lock`, each takes its
+        snapshot only once it holds it, and one whose update a later writer already wrote
+        returns without writing (concurrent reservations cost one write, not one each).
+        """
         with self._lock:
             self._marks.update(marks)
-            snapshot = dict(self._marks)
-        tmp = self.path.with_suffix(".tmp")
+            self._generation += 1
+        with self._write_lock:
+            with self._lock:
+                generation = self._generation
+                snapshot = dict(self._marks)
+            if generation <= self._written:
+                return
+            try:
+                self._write(snapshot)
+            except OSError as exc:
+                log.error("cannot write state file %s: %s", self.path, exc)
+                return
+            self._written = generation
+
+    def _write(self, snapshot: dict[str, int]) -> None:
+        fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, suffix=_TMP_SUFFIX, dir=self.directory)
         try:
-            with open(tmp, "w") as f:
+            with os.fdopen(fd, "w") as f:
                 json.dump(snapshot, f, sort_keys=True)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, self.path)
-        except OSError as exc:
-            log.error("cannot write state file %s: %s", self.path, exc)
+        except OSError:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        # The rename is durable only once the directory entry is: without this, a power cut
+        # can bring back the previous file after the counters already relied on the new one.
+        dir_fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
 
     def counter(self, name: str) -> Counter:
         return Counter(self, name)
