@@ -1,0 +1,425 @@
+"""streamd as a Sparkplug B 3.0 edge node: the daemon is the node, each camera a device.
+
+Contract-v1 messages come in through `listener` (the publisher's message-listener seam),
+which only enqueues. One worker thread owns all Sparkplug state — `seq`, births, aliases,
+the metric values — so the order on the wire is the order of the work queue. Every
+DDATA/NDATA/DDEATH is first written to a durable outbox of its own (the contract outbox's
+SQLite store, `sparkplug-outbox.sqlite` in the state directory) and sent from there only
+while the node is *live*: connected, born, and — with `primary_host_id` — while the primary
+host's STATE says online. After a reconnect the births go first, then the stored messages
+in order, their metrics flagged `is_historical` so a host files them into history without
+overwriting the live value.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from pydantic import SecretStr
+
+from streamd.outbox import Outbox, Row
+from streamd.sparkplug import model
+from streamd.sparkplug.codec import DataType, DecodeError, Metric, decode_payload
+from streamd.sparkplug.model import CameraMetrics, Change
+from streamd.sparkplug.sender import Sender
+from streamd.sparkplug.session import (
+    BdSeqStore,
+    Command,
+    Connected,
+    Disconnected,
+    HostState,
+    Session,
+    Topics,
+)
+from streamd.sparkplug.settings import SparkplugSettings
+
+if TYPE_CHECKING:
+    from streamd.mqtt import MQTTSettings
+
+log = logging.getLogger(__name__)
+
+TICK_S = 0.2
+"""Longest the worker sleeps: the idle fallback is checked this often."""
+BATCH = 64
+"""Stored messages sent per round before the worker looks at its queue again."""
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    """What the NBIRTH says about the daemon."""
+
+    version: str
+    detector_backend: str
+    detector_model: str
+
+
+@dataclass(frozen=True)
+class _Message:
+    camera: str
+    kind: str
+    payload: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class _Camera:
+    name: str
+    added: bool
+
+
+@dataclass(frozen=True)
+class _Stop:
+    pass
+
+
+@dataclass
+class _Device:
+    metrics: CameraMetrics
+    alive: bool = True
+    """Wants to be born (streaming or about to); false after its DDEATH was queued."""
+
+
+class EdgeNode:
+    """`start()` returns self; `stop()` sends what it can, publishes the NDEATH and
+    disconnects; idempotent. `listener`, `add_camera` and `remove_camera` never block."""
+
+    def __init__(self, settings: SparkplugSettings, mqtt: MQTTSettings,
+                 password: SecretStr | None, *, edge_node_id: str, client_id: str,
+                 state_dir: Path, info: NodeInfo, labels: Iterable[str],
+                 cameras: Iterable[str],
+                 request_snapshot: Callable[[str], None] | None = None) -> None:
+        self.settings = settings
+        self._events: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        topics = Topics(settings.group_id, edge_node_id, settings.primary_host_id)
+        self._session = Session(mqtt, password, client_id, topics,
+                                BdSeqStore(state_dir / "sparkplug-bdseq"), self._events)
+        self.outbox = Outbox(state_dir / "sparkplug-outbox.sqlite", mqtt.max_pending,
+                             mqtt.max_pending_bytes)
+        self._info = info
+        self._labels: list[str] = list(dict.fromkeys(labels))
+        self._cameras: list[str] = list(dict.fromkeys(cameras))
+        self._devices = {name: _Device(CameraMetrics()) for name in self._cameras}
+        self._removed: set[str] = set()
+        self._request_snapshot = request_snapshot
+        self._sender = Sender(self._session, topics)
+        self._connected = False
+        self._host_online = settings.primary_host_id is None
+        self._host_ts = -1
+        self._bdseq = 0
+        self._rebirth = False
+        self._historical_up_to = self.outbox.last_id()
+        """Stored rows up to this id were stored while the node was not live."""
+        self._thread = threading.Thread(target=self._run, name="sparkplug", daemon=True)
+        self._started = self._stopped = False
+
+    @classmethod
+    def create(cls, settings: Any, password: SecretStr | None, info: NodeInfo,
+               labels: Iterable[str],
+               request_snapshot: Callable[[str], None] | None = None) -> EdgeNode:
+        """From the root `Settings` (typed Any to keep this package free of an import
+        cycle with streamd.config): the enabled cameras, the site as default node id."""
+        sp: SparkplugSettings = settings.sparkplug
+        return cls(sp, settings.mqtt, password,
+                   edge_node_id=sp.edge_node_id or settings.site,
+                   client_id=sp.client_id or f"{settings.client_id}-spb",
+                   state_dir=settings.resolved_state_dir(), info=info, labels=labels,
+                   cameras=[c.name for c in settings.cameras if c.enabled],
+                   request_snapshot=request_snapshot)
+
+    # -- the seam ----------------------------------------------------------------------------
+
+    def listener(self, camera: str, kind: str, payload: Mapping[str, Any]) -> None:
+        """A contract-v1 message (status, detections, descriptions, stats) was published."""
+        self._events.put(_Message(camera, str(getattr(kind, "value", kind)), payload))
+
+    def add_camera(self, name: str) -> None:
+        self._events.put(_Camera(name, True))
+
+    def remove_camera(self, name: str) -> None:
+        self._events.put(_Camera(name, False))
+
+    @property
+    def sent(self) -> Counter[str]:
+        """Messages sent, by Sparkplug message type."""
+        return self._sender.sent
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> EdgeNode:
+        if self._started:
+            raise RuntimeError("edge node already started")
+        self._started = True
+        self._session.start()
+        self._thread.start()
+        return self
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        if self._stopped or not self._started:
+            return
+        self._stopped = True
+        self._events.put(_Stop())
+        self._thread.join(timeout_s)
+        if self._thread.is_alive():
+            log.warning("sparkplug worker did not stop within %.1f s", timeout_s)
+        self.outbox.close()
+
+    def __enter__(self) -> EdgeNode:
+        return self.start()
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+    # -- worker ------------------------------------------------------------------------------
+
+    @property
+    def _live(self) -> bool:
+        return self._sender.born
+
+    def _run(self) -> None:
+        while True:
+            backlog = self._live and len(self.outbox) > 0
+            try:  # with stored messages to send, only look at the queue, do not wait on it
+                event = self._events.get(block=not backlog, timeout=TICK_S)
+            except queue.Empty:
+                event = None
+            try:
+                while event is not None:  # everything already queued, then send
+                    if isinstance(event, _Stop):
+                        self._finish()
+                        return
+                    self._handle(event)
+                    event = self._events.get_nowait() if not self._events.empty() else None
+                self._idle_check()
+                if self._live:
+                    self._flush()
+            except Exception:  # the node must outlive one bad message
+                log.exception("sparkplug worker error")
+
+    def _finish(self) -> None:
+        while not self._events.empty():
+            event = self._events.get_nowait()
+            if not isinstance(event, _Stop):
+                self._handle(event)
+        deadline = time.monotonic() + 2.0
+        while self._live and len(self.outbox) and time.monotonic() < deadline:
+            self._flush()
+        if len(self.outbox):
+            log.warning("sparkplug stopping with %d messages unsent; they stay in %s",
+                        len(self.outbox), self.outbox.path)
+        self._session.close()
+
+    def _handle(self, event: object) -> None:
+        if isinstance(event, _Message):
+            self._on_message(event)
+        elif isinstance(event, Connected):
+            self._connected, self._bdseq = True, event.bdseq
+            self._host_online = self.settings.primary_host_id is None
+            if self._host_online:
+                self._go_live()
+        elif isinstance(event, Disconnected):
+            self._connected = False
+            self._sender.unborn()
+        elif isinstance(event, HostState):
+            self._on_host_state(event)
+        elif isinstance(event, Command):
+            self._on_command(event)
+        elif isinstance(event, _Camera):
+            self._on_camera(event)
+
+    def _on_host_state(self, event: HostState) -> None:
+        if event.timestamp_ms < self._host_ts:
+            return  # an older STATE delivered late
+        self._host_ts = event.timestamp_ms
+        self._host_online = event.online
+        if event.online and self._connected and not self._live:
+            log.info("sparkplug primary host %s online", self.settings.primary_host_id)
+            self._go_live()
+        elif not event.online and self._live:
+            # Sparkplug 3.0: end the session with an NDEATH, connect again and wait for
+            # the host; meanwhile data is stored.
+            log.warning("sparkplug primary host %s offline; storing data until it is back",
+                        self.settings.primary_host_id)
+            self._sender.unborn()
+            self._connected = False
+            self._session.cycle()
+
+    def _go_live(self) -> None:
+        self._historical_up_to = self.outbox.last_id()
+        self._births()
+
+    def _births(self) -> None:
+        """NBIRTH (seq 0), then a DBIRTH for every living camera."""
+        self._rebirth = False
+        now_ms = round(time.time() * 1000)
+        node = [
+            Metric(model.BDSEQ, DataType.UINT64, self._bdseq),
+            Metric(model.REBIRTH, DataType.BOOLEAN, False),
+            Metric(model.VERSION, DataType.STRING, self._info.version),
+            Metric(model.DETECTOR_BACKEND, DataType.STRING, self._info.detector_backend),
+            Metric(model.DETECTOR_MODEL, DataType.STRING, self._info.detector_model),
+            Metric(model.CAMERA_COUNT, DataType.INT32, len(self._cameras)),
+        ]
+        devices = {name: dev.metrics.birth_metrics(self._labels, now_ms)
+                   for name, dev in self._devices.items() if dev.alive}
+        self._sender.births(node, devices, self._labels, now_ms)
+
+    # -- contract messages → stored changes -------------------------------------------------
+
+    def _device(self, camera: str) -> _Device | None:
+        if camera in self._removed:
+            return None  # late messages of a camera removed by a reload
+        dev = self._devices.get(camera)
+        if dev is None:
+            dev = self._devices[camera] = _Device(CameraMetrics())
+            if camera not in self._cameras:
+                self._cameras.append(camera)
+                self._store(None, [Change(model.CAMERA_COUNT, DataType.INT32,
+                                          len(self._cameras), _now_ms())], "status")
+        return dev
+
+    def _on_message(self, msg: _Message) -> None:
+        dev = self._device(msg.camera)
+        if dev is None:
+            return
+        m, p = dev.metrics, msg.payload
+        if msg.kind == "detections":
+            changes, unknown = m.detections(p, self._labels, time.monotonic())
+            if unknown:
+                log.info("sparkplug new label(s) %s: rebirth", ", ".join(sorted(unknown)))
+                self._labels.extend(sorted(unknown))
+            self._store(msg.camera, changes, "detections")
+        elif msg.kind == "descriptions":
+            self._store(msg.camera, m.descriptions(p), "descriptions")
+        elif msg.kind == "stats":
+            self._store(msg.camera, m.stats(p), "stats")
+        elif msg.kind == "status":
+            self._on_status(msg.camera, dev, p)
+
+    def _on_status(self, camera: str, dev: _Device, payload: Mapping[str, Any]) -> None:
+        changes = dev.metrics.status(payload, _now_ms())
+        state = payload.get("state")
+        if state in model.TERMINAL_STATES:
+            self._store(camera, changes, "status")
+            self._kill(camera, dev)
+            return
+        if not dev.alive:  # it streams again: born before its data (on the next flush)
+            dev.alive = True
+        self._store(camera, changes, "status")
+
+    def _kill(self, camera: str, dev: _Device) -> None:
+        if dev.alive:
+            dev.alive = False
+            self.outbox.put(self._sender.topic("DDEATH", camera), b'{"k":"DDEATH"}', 0, False,
+                            "status", camera, 0)
+
+    def _on_camera(self, event: _Camera) -> None:
+        name = event.name
+        if event.added:
+            self._removed.discard(name)
+            dev = self._device(name)
+            if dev is not None:
+                dev.alive = True
+            return
+        dev = self._devices.get(name)
+        if dev is not None:
+            self._kill(name, dev)
+        self._removed.add(name)
+        if name in self._cameras:
+            self._cameras.remove(name)
+            self._store(None, [Change(model.CAMERA_COUNT, DataType.INT32, len(self._cameras),
+                                      _now_ms())], "status")
+
+    def _idle_check(self) -> None:
+        now = time.monotonic()
+        for name, dev in self._devices.items():
+            last = dev.metrics.last_detection_mono
+            if last is not None and now - last >= self.settings.idle_after_s:
+                self._store(name, dev.metrics.idle(self._labels, _now_ms()), "detections")
+
+    def _store(self, camera: str | None, changes: list[Change], kind: str) -> None:
+        if not changes:
+            return
+        body = json.dumps({"k": "DDATA" if camera else "NDATA",
+                           "m": [c.to_json() for c in changes]}, separators=(",", ":"))
+        topic = self._sender.topic("DDATA", camera) if camera else self._sender.topic("NDATA")
+        self.outbox.put(topic, body.encode(), 0, False, kind, camera, 0)
+
+    # -- commands ------------------------------------------------------------------------------
+
+    def _on_command(self, cmd: Command) -> None:
+        try:
+            payload = decode_payload(cmd.payload)
+        except DecodeError as exc:
+            log.warning("sparkplug ignoring undecodable %s: %s",
+                        "NCMD" if cmd.device is None else f"DCMD for {cmd.device}", exc)
+            return
+        for metric in payload.metrics:
+            name = metric.name or self._sender.name_of(cmd.device, metric.alias)
+            if metric.value is not True:
+                continue
+            if cmd.device is None and name == model.REBIRTH:
+                log.info("sparkplug rebirth requested")
+                self._rebirth = True
+            elif (cmd.device is not None and name == model.SNAPSHOT
+                  and cmd.device in self._devices and self._request_snapshot is not None):
+                self._request_snapshot(cmd.device)
+        if self._rebirth and self._live:
+            self._births()
+
+    # -- sending -----------------------------------------------------------------------------
+
+    def _flush(self) -> None:
+        """Send the next stored rows in order; a birth first for a device with no birth in
+        this session, a rebirth first when a row names a label the births did not. Once
+        nothing is left, devices born only for stored data of a departed camera die."""
+        rows = self.outbox.after(0, BATCH)
+        sent: list[Row] = []
+        for row in rows:
+            if not self._send_row(row):
+                break
+            sent.append(row)
+        if sent and self._sender.settle():
+            for row in sent:
+                self.outbox.remove(row.id)
+        if self._live and not len(self.outbox):
+            self._sender.bury_departed({n for n, d in self._devices.items() if d.alive})
+
+    def _send_row(self, row: Row) -> bool:
+        body = json.loads(row.payload)
+        historical = row.id <= self._historical_up_to
+        if body["k"] == "DDEATH":
+            assert row.camera is not None
+            return self._sender.ddeath(row.camera)
+        changes = [Change.from_json(c) for c in body["m"]]
+        undeclared = [c.name[len(model.OBJECTS):] for c in changes
+                      if c.name.startswith(model.OBJECTS)
+                      and c.name[len(model.OBJECTS):] not in self._sender.born_labels]
+        if undeclared:
+            self._labels.extend(lb for lb in dict.fromkeys(undeclared) if lb not in self._labels)
+            self._births()
+            if not self._live:
+                return False
+        if row.camera is None:
+            return self._sender.data(None, changes, historical)
+        if not self._sender.is_born(row.camera):
+            dev = self._devices.get(row.camera)
+            if dev is None:  # stored by a previous run for a camera no longer configured
+                dev = self._devices[row.camera] = _Device(CameraMetrics(), alive=False)
+            metrics = dev.metrics.birth_metrics(self._labels, _now_ms())
+            if not self._sender.dbirth(row.camera, metrics):
+                return False
+        return self._sender.data(row.camera, changes, historical)
+
+
+def _now_ms() -> int:
+    return round(time.time() * 1000)
