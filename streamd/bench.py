@@ -1,16 +1,20 @@
-"""`streamd bench`: what a camera costs on this box, against the naive way, in one run.
+"""`streamd bench`: what a camera costs on this box, and what that saving costs in answers.
 
-Two variants of the same config run on the same video, each in a fresh process (so CPU time
-and peak RSS are its own), each publishing to a real broker and timed by a real MQTT
-subscriber:
+Two variants run on the same video, each in a fresh process (so CPU time and peak RSS are its
+own), each publishing to a real broker:
 
-- `streamd`: the config as given (motion gating, crops, inference interval, …);
-- `naive`: every frame, whole frame, the same model at `--baseline-size`, no motion stage —
-  what a pipeline without streamd's gating spends.
+- `streamd`: the config as given (motion gating, crops, inference interval, tracker carry…);
+- `reference`: the same detector on every whole frame, no motion stage, no interval (so no
+  boxes carried by the tracker), no describer — the answers the detector would give if CPU
+  were free.
 
-Per-stage times come from the stages' own counters; `alone` times run decode, motion and
-the detector by themselves on the same frames, so the pipeline's throughput can be compared
-with its slowest stage.
+A real MQTT subscriber in this process reads what both published — what a subscriber of the
+daemon sees — and measures capture→receive latency. The pipeline's recall is the share of
+the reference's objects it published for the same frame, label and box (`streamd.recall`),
+beside the ratio of CPU seconds per frame. The daemon is driven only through its stable
+surfaces: a config file, `App`, and the MQTT contract (`detections`, and the final `stats`
+message for per-stage times). `alone` times decode, motion and the detector by themselves on
+the same frames, so the pipeline's throughput can be compared with its slowest stage.
 """
 
 from __future__ import annotations
@@ -21,9 +25,6 @@ import logging
 import multiprocessing as mp
 import os
 import resource
-import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -33,11 +34,15 @@ from typing import Any
 
 import numpy as np
 
-from streamd.config import Config, ConfigError, Settings, load, validate
+from streamd.benchutil import Broker, percentiles, render
+from streamd.config import ConfigError, Settings, load, validate
+from streamd.recall import compare, objects_by_frame
 
 log = logging.getLogger(__name__)
 
-MOSQUITTO_PATHS = ("/usr/sbin/mosquitto", "/usr/bin/mosquitto")
+CAMERA = "bench"
+QUIET_S = 0.5
+"""After the final stats message: how long the subscriber must hear nothing more."""
 
 
 def _cpu_s() -> float:
@@ -45,89 +50,72 @@ def _cpu_s() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def _percentiles(values: list[float]) -> dict[str, float] | None:
-    if not values:
-        return None
-    p50, p95, p99 = np.percentile(np.asarray(values), [50, 95, 99])
-    return {"p50": round(float(p50), 1), "p95": round(float(p95), 1), "p99": round(float(p99), 1)}
+class _Subscriber:
+    """A real MQTT client: keeps every `detections` payload of one variant with its receive
+    latency, and its last `stats` payload (the daemon publishes a final one after draining)."""
 
-
-class _LatencyProbe:
-    """A real subscriber: capture→receive latency from each detection's own `ts`."""
-
-    def __init__(self, settings: Settings, topic: str) -> None:
+    def __init__(self, host: str, port: int, prefix: str) -> None:
         import paho.mqtt.client as mqtt
         from paho.mqtt.enums import CallbackAPIVersion
 
+        self.detections: list[dict[str, Any]] = []
         self.latencies_ms: list[float] = []
-        self.received = 0
+        self.stats: dict[str, Any] | None = None
+        self.last_message_mono = time.monotonic()
+        self._lock = threading.Lock()
         self._subscribed = threading.Event()
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-probe-{os.getpid()}")
-        client.on_connect = lambda c, u, f, rc, p: c.subscribe(topic, qos=1)
+        self._prefix = f"{prefix}/{CAMERA}/"
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-{os.getpid()}")
+        client.on_connect = lambda c, u, f, rc, p: c.subscribe(self._prefix + "#", qos=1)
         client.on_subscribe = lambda *a: self._subscribed.set()
         client.on_message = self._on_message
-        client.connect(settings.mqtt.host, settings.mqtt.port)
+        client.connect(host, port)
         client.loop_start()
-        if not self._subscribed.wait(10):
-            raise RuntimeError("bench subscriber could not subscribe")
         self._client = client
+        if not self._subscribed.wait(10):
+            self.close()
+            raise RuntimeError("bench subscriber could not subscribe")
 
     def _on_message(self, client: object, userdata: object, msg: Any) -> None:
         now = time.time()
-        self.received += 1
-        self.latencies_ms.append((now - json.loads(msg.payload)["ts"]) * 1000.0)
+        kind = msg.topic[len(self._prefix):]
+        if kind not in ("detections", "stats"):
+            return
+        payload = json.loads(msg.payload)
+        with self._lock:
+            self.last_message_mono = time.monotonic()
+            if kind == "stats":
+                self.stats = payload
+            else:
+                self.detections.append(payload)
+                self.latencies_ms.append((now - payload["ts"]) * 1000.0)
+
+    def wait_final(self, timeout_s: float) -> None:
+        """Until the final stats arrived and the topic went quiet (QoS 1: nothing is lost)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with self._lock:
+                if self.stats is not None and \
+                        time.monotonic() - self.last_message_mono >= QUIET_S:
+                    return
+            time.sleep(0.1)
+        log.warning("bench: no final stats from the daemon within %.0f s", timeout_s)
 
     def close(self) -> None:
         self._client.disconnect()
         self._client.loop_stop()
 
 
-def measure(settings_json: dict[str, Any], frames: int | None) -> dict[str, Any]:
-    """Run the daemon once over the bench camera and report what it cost (child process)."""
+def measure(config_path: str, frames: int | None) -> dict[str, Any]:
+    """Run the daemon once over the bench camera: its own CPU, wall time, RSS (child)."""
     from streamd.app import App
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    settings = validate(settings_json)
-    cam = settings.cameras[0].name
-    probe = _LatencyProbe(settings, f"{settings.topic_prefix}/{cam}/detections")
-    app = App(Config(settings, Path("<bench>")), max_frames=frames)
+    app = App(load(config_path), max_frames=frames)
     cpu0, t0 = _cpu_s(), time.perf_counter()
-    app.run()
-    wall = time.perf_counter() - t0
-    cpu = _cpu_s() - cpu0
-    deadline = time.monotonic() + 10
-    last = -1
-    while probe.received != last and time.monotonic() < deadline:  # until it goes quiet
-        last = probe.received
-        time.sleep(0.5)
-    probe.close()
-    camera = app.cameras[cam]
-    pipe, cap = camera.pipeline, camera.capture
-    n = max(pipe.totals.frames, 1)
-    stages = {"decode": cap.stats.decode_ms / max(cap.stats.frames_read, 1)}
-    stages["motion"] = pipe.totals.ms["motion"] / n
-    detector_runs = 0
-    if app.detector_service is not None:
-        phases = getattr(app.detector_service.detector, "phases", None)
-        if phases is not None:
-            for k, v in phases.snapshot().items():
-                stages[k] = v / n
-        detector_runs = app.detector_service.requests
-    stages["track"] = pipe.totals.ms["track"] / n
-    stages["publish"] = pipe.totals.ms["publish"] / n
-    return {
-        "frames_analysed": pipe.totals.frames,
-        "frames_read": cap.stats.frames_read,
-        "detector_runs": detector_runs,
-        "wall_s": round(wall, 2),
-        "fps_analysed": round(pipe.totals.frames / wall, 2),
-        "cpu_s": round(cpu, 2),
-        "cpu_s_per_frame": round(cpu / n, 4),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "latency_ms": _percentiles(probe.latencies_ms),
-        "detections_received": probe.received,
-        "stage_ms": {k: round(v, 2) for k, v in stages.items()},
-    }
+    code = app.run()
+    return {"exit": code, "wall_s": time.perf_counter() - t0, "cpu_s": _cpu_s() - cpu0,
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
 
 
 def measure_alone(settings_json: dict[str, Any], frames: int) -> dict[str, float]:
@@ -154,6 +142,7 @@ def measure_alone(settings_json: dict[str, Any], frames: int) -> dict[str, float
     for i, image in enumerate(images):
         stage.propose(Frame("bench", i + 1, 0.0, image))
     out["motion"] = (time.perf_counter() - t0) * 1000.0 / max(len(images), 1)
+    stage.close()
     detector = create_detector(settings.detector)
     if detector is not None:
         sample = images[:: max(1, len(images) // 40)][:40]
@@ -172,145 +161,136 @@ def _in_child(fn: Any, *args: Any) -> Any:
         return pool.apply(fn, args)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _start_broker(workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
-    binary = next((p for p in MOSQUITTO_PATHS if os.access(p, os.X_OK)), None) \
-        or shutil.which("mosquitto")
-    if binary is None:
-        raise RuntimeError("mosquitto not found (apt-get install mosquitto), or pass --broker")
-    port = _free_port()
-    conf = workdir / "mosquitto.conf"
-    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-                    + ("user root\n" if os.geteuid() == 0 else ""))
-    proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            return proc, port
-        except OSError:
-            time.sleep(0.05)
-    proc.kill()
-    raise RuntimeError("mosquitto did not start")
-
-
-def variants(settings: Settings, video: str, host: str, port: int, state_dir: Path,
-             baseline_size: int) -> dict[str, dict[str, Any]]:
-    """The config as given, and the naive baseline, both on the bench video."""
+def variants(settings: Settings, video: str, host: str, port: int, workdir: Path,
+             reference_size: int | None) -> dict[str, dict[str, Any]]:
+    """The config as given and the reference, both on the bench video, each with its own
+    site (topic prefix) and state directory so their frame_ids start alike."""
     base = settings.model_dump(mode="json")
-    base["cameras"] = [{"name": "bench", "url": video}]
+    base["cameras"] = [{"name": CAMERA, "url": video}]
     base["mqtt"].update(host=host, port=port, stats_interval_s=3600, topic_prefix=None,
                         client_id=None)
-    base["site"] = "bench"
+    base["snapshots"] = {}
     out: dict[str, dict[str, Any]] = {}
-    for name in ("streamd", "naive"):
+    for name in ("streamd", "reference"):
         v = json.loads(json.dumps(base))
-        v["state_dir"] = str(state_dir / name)
-        if name == "naive":
+        v["site"] = f"bench-{name}"
+        v["state_dir"] = str(workdir / name)
+        if name == "reference":
             v["motion"]["enabled"] = False
+            v["describer"] = {"backend": "none"}
             det = v["detector"]
             if det["backend"] != "none":
                 det.update(full_frame_every=1, interval=1)
-                if "input_size" in det:
-                    det["input_size"] = baseline_size
+                if reference_size is not None and "input_size" in det:
+                    det["input_size"] = reference_size
         out[name] = v
     return out
 
 
-def _row(label: str, a: object, b: object) -> str:
-    return f"  {label:<34}{a!s:>16}{b!s:>22}"
+def _variant_result(run: dict[str, Any], sub: _Subscriber) -> dict[str, Any]:
+    stats = sub.stats or {}
+    frames = int(stats.get("frames_analysed", 0))
+    n = max(frames, 1)
+    wall = run["wall_s"]
+    return {
+        "frames_analysed": frames,
+        "frames_read": stats.get("frames_in"),
+        "wall_s": round(wall, 2),
+        "fps_analysed": round(frames / wall, 2) if wall > 0 else None,
+        "cpu_s": round(run["cpu_s"], 2),
+        "cpu_s_per_frame": round(run["cpu_s"] / n, 4),
+        "peak_rss_mb": run["peak_rss_mb"],
+        "latency_ms": percentiles(sub.latencies_ms),
+        "detections_received": len(sub.detections),
+        "stage_ms": dict(stats.get("stage_ms") or {}),
+        "detector": dict(stats.get("detector") or {}),
+    }
 
 
-def render(result: dict[str, Any]) -> str:
-    s, n = result["streamd"], result["naive"]
-    lines = [f"streamd bench — {result['video']}, {s['frames_analysed']} frames, "
-             f"detector {result['detector']}, {os.cpu_count()} CPUs",
-             _row("", "streamd", f"naive ({result['baseline_size']}, all)")]
-    for key, label in (("fps_analysed", "analysed fps"), ("cpu_s_per_frame",
-                       "CPU-s per analysed frame"), ("peak_rss_mb", "peak RSS (MB)"),
-                       ("detector_runs", "detector runs")):
-        lines.append(_row(label, s[key], n[key]))
-    for p in ("p50", "p95", "p99"):
-        lines.append(_row(f"capture→subscriber latency {p} ms",
-                          (s["latency_ms"] or {}).get(p, "-"),
-                          (n["latency_ms"] or {}).get(p, "-")))
-    lines.append("  per analysed frame, ms:")
-    for k in s["stage_ms"].keys() | n["stage_ms"].keys():
-        lines.append(_row(f"  {k}", s["stage_ms"].get(k, "-"), n["stage_ms"].get(k, "-")))
-    lines.append(f"  CPU per frame, streamd / naive: {result['cpu_ratio']:.3f}")
-    alone = result["alone"]
-    lines.append(f"  stages alone (ms/frame): {alone}; slowest per pipeline frame "
-                 f"{result['slowest_stage_ms']:.1f} ms -> {1000 / result['slowest_stage_ms']:.1f}"
-                 f" fps; pipeline {s['fps_analysed']} fps = "
-                 f"{result['throughput_vs_slowest']:.2f}x")
-    return "\n".join(lines)
+def bench(settings: Settings, video: str, args: argparse.Namespace, workdir: Path
+          ) -> dict[str, Any]:
+    """Both variants (and the stages alone) against one broker; the comparison."""
+    with Broker(workdir, args.broker) as broker:
+        runs = variants(settings, video, broker.host, broker.port, workdir,
+                        args.baseline_size)
+        result: dict[str, Any] = {"video": video, "detector": settings.detector.backend,
+                                  "cpus": os.cpu_count()}
+        published: dict[str, dict[int, Any]] = {}
+        for name, v in runs.items():
+            path = workdir / f"{name}.yaml"
+            path.write_text(json.dumps(v))  # JSON is YAML
+            sub = _Subscriber(broker.host, broker.port, f"streamd/{v['site']}")
+            try:
+                print(f"bench: running {name} …", file=sys.stderr, flush=True)
+                run = _in_child(measure, str(path), args.frames)
+                if run["exit"] != 0:
+                    raise RuntimeError(f"the {name} daemon exited with {run['exit']}")
+                sub.wait_final(30)
+            finally:
+                sub.close()
+            result[name] = _variant_result(run, sub)
+            published[name] = objects_by_frame(sub.detections)
+        if not args.no_alone:
+            print("bench: timing stages alone …", file=sys.stderr, flush=True)
+            result["alone"] = _in_child(measure_alone, runs["streamd"],
+                                        min(args.frames or 200, 200))
+    result["recall"] = compare(published["reference"], published["streamd"]).as_dict()
+    s, r = result["streamd"], result["reference"]
+    result["cpu_ratio"] = round(s["cpu_s_per_frame"] / r["cpu_s_per_frame"], 4) \
+        if r["cpu_s_per_frame"] > 0 else None
+    alone = result.get("alone")
+    if alone:
+        crops = s["detector"].get("crops", s["frames_analysed"])
+        per_frame = {"decode": alone["decode"], "motion": alone["motion"],
+                     "detector": alone.get("detector_full_frame", 0.0)
+                     * crops / max(s["frames_analysed"], 1)}
+        slowest = max(per_frame.values())
+        result["slowest_stage_ms"] = round(slowest, 2)
+        result["throughput_vs_slowest"] = round((s["fps_analysed"] or 0) * slowest / 1000, 3)
+    return result
 
 
 def run(args: argparse.Namespace) -> int:
     try:
-        cfg = load(args.config)
+        if args.config is not None:
+            settings = load(args.config).settings
+        elif args.video:
+            settings = validate({"site": "bench", "cameras": [{"name": CAMERA,
+                                                               "url": args.video}]})
+        else:
+            print("bench needs -c CONFIG or --video PATH", file=sys.stderr)
+            return 2
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
-    settings = cfg.settings
     video = args.video or next((str(c.url) for c in settings.cameras if c.kind == "file"), None)
     if video is None or not Path(video).is_file():
         print("bench needs a video file: --video PATH, or a file camera in the config",
               file=sys.stderr)
         return 2
     with tempfile.TemporaryDirectory(prefix="streamd-bench-") as tmp:
-        workdir = Path(tmp)
-        broker = None
-        if args.broker:
-            host, _, port_s = args.broker.rpartition(":")
-            port = int(port_s)
-        else:
-            broker, port = _start_broker(workdir)
-            host = "127.0.0.1"
         try:
-            runs = variants(settings, video, host, port, workdir, args.baseline_size)
-            result: dict[str, Any] = {"video": video, "detector": settings.detector.backend,
-                                      "baseline_size": args.baseline_size}
-            for name, v in runs.items():
-                print(f"bench: running {name} …", file=sys.stderr, flush=True)
-                result[name] = _in_child(measure, v, args.frames)
-            print("bench: timing stages alone …", file=sys.stderr, flush=True)
-            result["alone"] = _in_child(measure_alone, runs["streamd"],
-                                        min(args.frames or 200, 200))
-        finally:
-            if broker is not None:
-                broker.terminate()
-                broker.wait(5)
-    s = result["streamd"]
-    result["cpu_ratio"] = round(s["cpu_s_per_frame"] / result["naive"]["cpu_s_per_frame"], 4)
-    alone = result["alone"]
-    det_share = s["detector_runs"] / max(s["frames_analysed"], 1)
-    per_frame = {"decode": alone["decode"], "motion": alone["motion"],
-                 "detector": alone.get("detector_full_frame", 0.0) * det_share}
-    result["slowest_stage_ms"] = max(per_frame.values())
-    result["throughput_vs_slowest"] = round(
-        s["fps_analysed"] / (1000 / result["slowest_stage_ms"]), 3)
-    if args.json:
-        print(json.dumps(result, indent=2))
-    else:
-        print(render(result))
+            result = bench(settings, video, args, Path(tmp))
+        except RuntimeError as exc:
+            print(f"bench: {exc}", file=sys.stderr)
+            return 1
+    print(json.dumps(result, indent=2) if args.json else render(result))
     return 0
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("bench", help="measure per-stage cost, CPU, RSS, latency vs a naive "
-                       "baseline, in one run")
-    p.add_argument("-c", "--config", type=Path, required=True, help="YAML config file")
-    p.add_argument("--video", help="video file (default: the config's first file camera)")
+    p = sub.add_parser("bench", help="the config against the same detector on every whole "
+                       "frame: recall and CPU per frame side by side, in one run")
+    p.add_argument("-c", "--config", type=Path, help="YAML config file (default: every "
+                   "setting at its default, one camera on --video)")
+    p.add_argument("--video", help="video file, any format OpenCV reads (default: the "
+                   "config's first file camera)")
     p.add_argument("--frames", type=int, default=None, help="analyse at most N frames")
-    p.add_argument("--baseline-size", type=int, default=640,
-                   help="model input size of the naive baseline (default 640)")
+    p.add_argument("--baseline-size", type=int, default=None,
+                   help="model input size of the reference (default: the config's); e.g. "
+                   "640 to compare against the naive loop at full resolution")
     p.add_argument("--broker", help="HOST:PORT of a broker (default: start a private mosquitto)")
+    p.add_argument("--no-alone", action="store_true",
+                   help="skip timing decode, motion and the detector alone")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=run)
