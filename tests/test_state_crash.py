@@ -57,7 +57,7 @@ def backwards(values: list[int]) -> list[tuple[int, int]]:
     return [(a, b) for a, b in itertools.pairwise(values) if not b > a]
 
 
-@pytest.mark.timeout(150)
+@pytest.mark.timeout(240)
 def test_sigkill_at_random_moments_never_moves_frame_id_or_seq_backwards(
         tmp_path: Path, mosquitto: Mosquitto, collector: Callable[..., Collector],
         daemon: Callable[..., Daemon]) -> None:
