@@ -19,7 +19,7 @@ import pytest
 
 from tests.helpers.mqtt import Collector, Mosquitto, read_retained
 from tests.helpers.procs import free_port
-from tests.helpers.rtsp_server import RtspServer, rtsp_request
+from tests.helpers.rtsp_server import RtspServer, encode_h264, rtsp_request
 from tests.helpers.video import count_frames, read_frames, write_moving_shapes_video
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
@@ -108,6 +108,22 @@ def test_rtsp_file_source_loops_and_resizes(
     frames = read_frames(cam.url, 40, timeout_s=10)
     assert len(frames) == 40, "the 15-frame file must loop"
     assert {f.shape for f in frames} == {(120, 160, 3)}
+    assert len(read_frames(cam.url_for("/b"), 3, timeout_s=10)) == 3
+
+
+def test_rtsp_pre_encoded_clip_loops_on_every_mount(
+        rtsp_server: Callable[..., RtspServer], tmp_path: Path) -> None:
+    """The fleet benchmark's cameras: a clip encoded once, served as is, looping."""
+    clip = tmp_path / "shapes.avi"
+    write_moving_shapes_video(clip, frames=15, wh=(320, 240), fps=10)
+    mp4 = encode_h264(tmp_path / "shapes.mp4", video=clip, fps=30)
+    assert count_frames(mp4) == 15
+    cam = rtsp_server(h264=mp4, fps=30, mounts=("/cam", "/b"))
+    frames = read_frames(cam.url, 40, timeout_s=10)
+    assert len(frames) == 40, "the 15-frame clip must loop"
+    assert {f.shape for f in frames} == {(240, 320, 3)}
+    diffs = [np.abs(a.astype(np.int16) - b).mean() for a, b in itertools.pairwise(frames)]
+    assert max(diffs) > 0.5
     assert len(read_frames(cam.url_for("/b"), 3, timeout_s=10)) == 3
 
 

@@ -16,6 +16,16 @@ Two halves live in this one file so the camera and its driver cannot drift apart
   here; MPEG-4 part 2 (``vtest.avi``) needs ``gstreamer1.0-libav``. Transcode such a file to MJPG
   first (``helpers.video.transcode_to_mjpg``).
 
+  Both of those encode live, one x264 encoder per mount. A benchmark that must measure the
+  daemon, not the cameras, serves a clip encoded once instead (``--h264``: an MP4 with one
+  H.264 track, its access units read into memory at start and sent at ``--fps`` in a loop, no
+  decoding or encoding while serving). ``--encode OUT`` writes such a clip with the live
+  encoder's settings, from a pattern or from raw BGR frames on stdin (``encode_h264`` feeds
+  it any file OpenCV reads); only plugins-base/good/ugly are needed::
+
+      /usr/bin/python3 tests/helpers/rtsp_server.py --encode clip.mp4 --pattern ball --frames 300
+      /usr/bin/python3 tests/helpers/rtsp_server.py --port 8554 --h264 clip.mp4 --fps 10
+
 * Imported from the test venv, ``RtspServer`` spawns that script, waits until an RTSP
   ``DESCRIBE`` of every mount answers ``200`` (which makes the server build and preroll the
   encoding pipeline, so "started" means "a client can play it"), and kills/restarts it on the
@@ -67,6 +77,105 @@ def _pattern_launch(pattern: str, width: int, height: int, fps: int, overlay: bo
         f"! video/x-raw,width={width},height={height},framerate={fps}/1 "
         f"! {over}videoconvert ! video/x-raw,format=I420 ! {_encoder(fps)} )"
     )
+
+
+def _h264_launch() -> str:
+    # Access units as stored; the feeder sets the clip's caps (with its SPS/PPS), from which
+    # the payloader repeats SPS/PPS before every key frame.
+    return (
+        "( appsrc name=src is-live=true do-timestamp=true format=time block=false "
+        "! rtph264pay name=pay0 pt=96 config-interval=-1 )"
+    )
+
+
+def _encode_launch(out: str, source: str, fps: int) -> str:
+    """An offline pipeline that writes what the live mounts would send: the same encoder
+    settings (no B-frames, so decode order is display order and the clip can be looped by
+    re-sending its access units), in MP4 (plugins-good; OpenCV plays it too)."""
+    encoder = _encoder(fps).rsplit(" ! rtph264pay", 1)[0]
+    return (f"{source} ! videoconvert ! video/x-raw,format=I420 ! {encoder} ! mp4mux "
+            f'! filesink location="{out}"')
+
+
+def encode(gst: Any, args: argparse.Namespace) -> int:
+    """``--encode``: write the clip and exit; raw BGR frames come from stdin (``--stdin-bgr``),
+    else ``--frames`` of the test pattern."""
+    fps = args.fps
+    if args.stdin_bgr:
+        w, h = args.width, args.height
+        source = (f"fdsrc fd=0 blocksize={w * h * 3} ! rawvideoparse width={w} height={h} "
+                  f"format=bgr framerate={fps}/1")
+    else:
+        w, h = args.width or 320, args.height or 240
+        over = ('! timeoverlay halignment=left valignment=top font-desc="Sans 14" '
+                if not args.no_overlay else "")
+        source = (f"videotestsrc pattern={args.pattern} num-buffers={args.frames} "
+                  f"! video/x-raw,width={w},height={h},framerate={fps}/1 {over}")
+    pipeline = gst.parse_launch(_encode_launch(args.encode, source, fps))
+    pipeline.set_state(gst.State.PLAYING)
+    msg = pipeline.get_bus().timed_pop_filtered(
+        gst.CLOCK_TIME_NONE, gst.MessageType.EOS | gst.MessageType.ERROR)
+    pipeline.set_state(gst.State.NULL)
+    if msg is None or msg.type == gst.MessageType.ERROR:
+        err = msg.parse_error()[0].message if msg is not None else "no EOS"
+        print(f"encoding failed: {err}", file=sys.stderr, flush=True)
+        return 1
+    return 0
+
+
+def _load_access_units(gst: Any, path: str) -> list[Any]:
+    """Every access unit of an MP4's H.264 track, as GStreamer samples, in stream order."""
+    reader = gst.parse_launch(
+        f'filesrc location="{path}" ! qtdemux ! video/x-h264 '
+        "! appsink name=sink sync=false")
+    sink = reader.get_by_name("sink")
+    reader.set_state(gst.State.PLAYING)
+    units = []
+    while (sample := sink.emit("pull-sample")) is not None:
+        units.append(sample)
+    reader.set_state(gst.State.NULL)
+    return units
+
+
+class _AccessUnitFeeder:
+    """Sends a pre-encoded clip's access units into one media's appsrc at a fixed rate,
+    from the first again after the last, so a mount serves a camera that costs no encoder.
+    The clip starts with a key frame (x264's first frame is an IDR), so each loop is a clean
+    restart for the client's decoder."""
+
+    def __init__(self, gst: Any, appsrc: Any, units: list[Any], fps: int) -> None:
+        self.gst = gst
+        self.appsrc = appsrc
+        self.units = units
+        self.fps = fps
+        self.stop = threading.Event()
+        appsrc.set_property("caps", units[0].get_caps())
+        self.thread = threading.Thread(target=self._run, name="h264-feeder", daemon=True)
+
+    def start(self) -> _AccessUnitFeeder:
+        self.thread.start()
+        return self
+
+    def close(self) -> None:
+        self.stop.set()
+        if self.thread.is_alive() and self.thread is not threading.current_thread():
+            self.thread.join(timeout=2.0)
+
+    def _run(self) -> None:
+        gst = self.gst
+        period = 1.0 / self.fps
+        next_t = time.monotonic()
+        i = 0
+        while not self.stop.is_set():
+            delay = next_t - time.monotonic()
+            if delay > 0 and self.stop.wait(delay):
+                return
+            next_t = max(next_t + period, time.monotonic() - period)
+            buf = self.units[i].get_buffer().copy()
+            buf.pts = buf.dts = buf.duration = gst.CLOCK_TIME_NONE  # appsrc stamps it
+            i = (i + 1) % len(self.units)
+            if self.appsrc.emit("push-buffer", buf) != gst.FlowReturn.OK:
+                return  # FLUSHING / EOS: the media is going away
 
 
 def _file_launch(fps: int) -> str:
@@ -146,18 +255,27 @@ def serve(argv: list[str] | None = None) -> int:
     """Entry point of the script half; returns the process exit status."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--host", default="127.0.0.1")
-    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--port", type=int)
     ap.add_argument("--mount", action="append",
                     help="mount point (repeatable, all serve the same source); default /cam")
     src = ap.add_mutually_exclusive_group()
     src.add_argument("--pattern", default="ball", help="videotestsrc pattern name")
     src.add_argument("--file", help="video file to loop forever (decodebin must decode it)")
+    src.add_argument("--h264", help="pre-encoded H.264 MP4 (from --encode) to loop, no encoder")
+    src.add_argument("--stdin-bgr", action="store_true",
+                     help="with --encode: raw BGR frames of --width x --height on stdin")
+    ap.add_argument("--encode", metavar="OUT", help="write an H.264 MP4 clip and exit (no server)")
+    ap.add_argument("--frames", type=int, default=300, help="pattern frames for --encode")
     ap.add_argument("--width", type=int, default=0, help="0: 320 for a pattern, native for a file")
     ap.add_argument("--height", type=int, default=0)
     ap.add_argument("--fps", type=int, default=10)
     ap.add_argument("--no-overlay", action="store_true", help="no running-time text")
     args = ap.parse_args(argv)
     mounts = args.mount or ["/cam"]
+    if args.port is None and not args.encode:
+        ap.error("--port is required unless --encode")
+    if args.stdin_bgr and not (args.encode and args.width and args.height):
+        ap.error("--stdin-bgr needs --encode, --width and --height")
 
     import gi  # Debian's python3-gi; imported here so the venv can import this module
 
@@ -167,14 +285,26 @@ def serve(argv: list[str] | None = None) -> int:
     from gi.repository import GLib, Gst, GstRtsp, GstRtspServer
 
     Gst.init(None)
+    if args.encode:
+        return encode(Gst, args)
+    for path in (args.file, args.h264):
+        if path and not Path(path).is_file():
+            print(f"no such file: {path}", file=sys.stderr)
+            return 2
+    units = _load_access_units(Gst, args.h264) if args.h264 else []
+    if args.h264 and not units:
+        print(f"no H.264 access units in {args.h264}", file=sys.stderr)
+        return 2
     server = GstRtspServer.RTSPServer()
     server.set_address(args.host)
     server.set_service(str(args.port))
-    feeders: list[_FileFeeder] = []
+    feeders: list[_FileFeeder | _AccessUnitFeeder] = []
 
     def on_configure(_factory: Any, media: Any) -> None:
         appsrc = media.get_element().get_child_by_name("src")
-        feeder = _FileFeeder(Gst, appsrc, args.file, args.width, args.height, args.fps)
+        feeder: _FileFeeder | _AccessUnitFeeder = (
+            _AccessUnitFeeder(Gst, appsrc, units, args.fps) if units else
+            _FileFeeder(Gst, appsrc, args.file, args.width, args.height, args.fps))
         feeders.append(feeder)
         media.connect("unprepared", lambda _m: feeder.close())
         feeder.start()
@@ -182,11 +312,8 @@ def serve(argv: list[str] | None = None) -> int:
     factories = []
     for mount in mounts:
         factory = GstRtspServer.RTSPMediaFactory()
-        if args.file:
-            if not Path(args.file).is_file():
-                print(f"no such file: {args.file}", file=sys.stderr)
-                return 2
-            factory.set_launch(_file_launch(args.fps))
+        if args.file or units:
+            factory.set_launch(_h264_launch() if units else _file_launch(args.fps))
             factory.connect("media-configure", on_configure)
         else:
             w, h = args.width or 320, args.height or 240
@@ -250,6 +377,53 @@ def rtsp_request(host: str, port: int, method: str, url: str, timeout_s: float =
         return int(parts[1])
 
 
+def encode_h264(dst: str | os.PathLike[str], *, video: str | os.PathLike[str] | None = None,
+                pattern: str = "ball", width: int = 0, height: int = 0, fps: int = 10,
+                frames: int | None = None, overlay: bool = True, timeout_s: float = 600.0
+                ) -> Path:
+    """Encode a clip once, as the mounts would (``--h264`` serves it), and return its path.
+
+    ``video``: any file OpenCV reads (decoded here in the venv, resized to ``width`` x
+    ``height`` when both are given, at most ``frames`` frames) piped as raw BGR into the
+    encoder; else ``frames`` (default 300) of the ``pattern`` test source."""
+    dst = Path(dst)
+    cmd = [SYSTEM_PYTHON, str(SCRIPT), "--encode", str(dst), "--fps", str(fps)]
+    if video is None:
+        cmd += ["--pattern", pattern, "--frames", str(frames or 300)]
+        if width and height:
+            cmd += ["--width", str(width), "--height", str(height)]
+        if not overlay:
+            cmd.append("--no-overlay")
+        subprocess.run(cmd, check=True, timeout=timeout_s, stdout=subprocess.DEVNULL)
+        return dst
+    import cv2  # the venv has OpenCV; imported here so the server half stays stdlib-only
+
+    cap = cv2.VideoCapture(str(video), cv2.CAP_FFMPEG)
+    if not cap.isOpened():
+        raise RuntimeError(f"cannot open {video}")
+    ok, image = cap.read()
+    if not ok:
+        raise RuntimeError(f"no frame in {video}")
+    size = (width, height) if width and height else (image.shape[1], image.shape[0])
+    cmd += ["--stdin-bgr", "--width", str(size[0]), "--height", str(size[1])]
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
+    assert proc.stdin is not None
+    try:
+        n = 0
+        while ok and (frames is None or n < frames):
+            if (image.shape[1], image.shape[0]) != size:
+                image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+            proc.stdin.write(image.tobytes())
+            n += 1
+            ok, image = cap.read()
+    finally:
+        cap.release()
+        proc.stdin.close()
+    if proc.wait(timeout_s) != 0 or not dst.is_file():
+        raise RuntimeError(f"encoding {video} to {dst} failed (exit {proc.returncode})")
+    return dst
+
+
 class RtspServer:
     """A GStreamer RTSP server process on a fixed loopback port.
 
@@ -260,7 +434,8 @@ class RtspServer:
 
     def __init__(self, port: int, *, mounts: tuple[str, ...] = ("/cam",),
                  pattern: str = "ball", file: str | os.PathLike[str] | None = None,
-                 width: int = 320, height: int = 240, fps: int = 10, overlay: bool = True,
+                 h264: str | os.PathLike[str] | None = None, width: int = 320,
+                 height: int = 240, fps: int = 10, overlay: bool = True,
                  log_dir: str | os.PathLike[str] | None = None, host: str = "127.0.0.1"
                  ) -> None:
         self.host = host
@@ -268,6 +443,10 @@ class RtspServer:
         self.mounts = mounts
         self.pattern = pattern
         self.file = Path(file) if file is not None else None
+        self.h264 = Path(h264) if h264 is not None else None
+        """A clip from ``encode_h264``: served as encoded, looping, no encoder per mount."""
+        if self.file is not None and self.h264 is not None:
+            raise ValueError("serve a file or a pre-encoded clip, not both")
         self.width = width
         self.height = height
         self.fps = fps
@@ -294,7 +473,9 @@ class RtspServer:
                "--fps", str(self.fps)]
         for mount in self.mounts:
             cmd += ["--mount", mount]
-        if self.file is not None:
+        if self.h264 is not None:
+            cmd += ["--h264", str(self.h264)]
+        elif self.file is not None:
             cmd += ["--file", str(self.file)]
         else:
             cmd += ["--pattern", self.pattern]
