@@ -17,7 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
+from streamd import cli
 from streamd.contract import Kind
 from streamd.mqtt import MQTTSettings
 from streamd.sparkplug import codec
@@ -216,6 +218,16 @@ def test_seq_wraps_at_255(node_factory: Callable[..., EdgeNode], host: PrimaryHo
     assert stamps == sorted(stamps)
 
 
+def test_idle_camera_falls_back_to_no_motion(node_factory: Callable[..., EdgeNode],
+                                             host: PrimaryHost) -> None:
+    node = node_factory(cameras=("cam1",), idle_after_s=0.3)
+    host.wait("DBIRTH")
+    node.listener("cam1", Kind.DETECTIONS, detections("cam1", 1, time.time(), ["car"]))
+    quiet = host.wait("DDATA", 2)[1]
+    assert {host.name("cam1", x): value(x) for x in quiet.payload.metrics} == {
+        "Motion/Active": False, "Objects/car": 0}
+
+
 def test_rebirth_on_ncmd_new_label_and_snapshot_dcmd(
         node_factory: Callable[..., EdgeNode], host: PrimaryHost) -> None:
     snapshots: list[str] = []
@@ -352,3 +364,23 @@ def test_protobuf_schema_compiles_at_test_time() -> None:
     assert module.Payload.DESCRIPTOR.fields_by_name["seq"].number == 3
     assert module.Payload.Metric.DESCRIPTOR.fields_by_name["boolean_value"].number == 14
     assert BOOLEAN == codec.DataType.BOOLEAN
+
+
+@pytest.mark.parametrize(("section", "key", "why"), [
+    ({"edge_node_id": "line-3"}, "sparkplug.group_id", "Field required"),
+    ({"group_id": "plant+a"}, "sparkplug.group_id", "'+'"),
+    ({"group_id": "plant", "edge_node_id": "node#1"}, "sparkplug.edge_node_id", "'#'"),
+    ({"group_id": "plant", "primary_host_id": "scada/1"}, "sparkplug.primary_host_id", "'/'"),
+    ({"group_id": "plant", "group": "x"}, "sparkplug.group", "unknown key"),
+])
+def test_check_rejects_bad_sparkplug_config(section: dict[str, str], key: str, why: str,
+                                           tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "streamd.yaml"
+    config.write_text(yaml.safe_dump({
+        "site": "plant-a", "detector": {"backend": "none"}, "sparkplug": section,
+        "cameras": [{"name": "cam1", "url": "rtsp://127.0.0.1:1/x"}]}))
+    assert cli.main(["check", "-c", str(config)]) == 2
+    err = capsys.readouterr().err
+    line = next((ln for ln in err.splitlines() if f": {key}: " in ln), None)
+    assert line is not None and why in line, err

@@ -13,7 +13,6 @@ overwriting the live value.
 
 from __future__ import annotations
 
-import json
 import logging
 import queue
 import threading
@@ -30,7 +29,7 @@ from pydantic import SecretStr
 from streamd.outbox import Outbox, Row
 from streamd.sparkplug import model
 from streamd.sparkplug.codec import DataType, DecodeError, Metric, decode_payload
-from streamd.sparkplug.model import CameraMetrics, Change
+from streamd.sparkplug.recorder import DDEATH, Recorder, decode_row, now_ms
 from streamd.sparkplug.sender import Sender
 from streamd.sparkplug.session import (
     BdSeqStore,
@@ -81,13 +80,6 @@ class _Stop:
     pass
 
 
-@dataclass
-class _Device:
-    metrics: CameraMetrics
-    alive: bool = True
-    """Wants to be born (streaming or about to); false after its DDEATH was queued."""
-
-
 class EdgeNode:
     """`start()` returns self; `stop()` sends what it can, publishes the NDEATH and
     disconnects; idempotent. `listener`, `add_camera` and `remove_camera` never block."""
@@ -105,10 +97,7 @@ class EdgeNode:
         self.outbox = Outbox(state_dir / "sparkplug-outbox.sqlite", mqtt.max_pending,
                              mqtt.max_pending_bytes)
         self._info = info
-        self._labels: list[str] = list(dict.fromkeys(labels))
-        self._cameras: list[str] = list(dict.fromkeys(cameras))
-        self._devices = {name: _Device(CameraMetrics()) for name in self._cameras}
-        self._removed: set[str] = set()
+        self._rec = Recorder(self.outbox, labels, cameras, settings.idle_after_s)
         self._request_snapshot = request_snapshot
         self._sender = Sender(self._session, topics)
         self._connected = False
@@ -199,7 +188,7 @@ class EdgeNode:
                         return
                     self._handle(event)
                     event = self._events.get_nowait() if not self._events.empty() else None
-                self._idle_check()
+                self._rec.idle_check()
                 if self._live:
                     self._flush()
             except Exception:  # the node must outlive one bad message
@@ -220,7 +209,7 @@ class EdgeNode:
 
     def _handle(self, event: object) -> None:
         if isinstance(event, _Message):
-            self._on_message(event)
+            self._rec.message(event.camera, event.kind, event.payload)
         elif isinstance(event, Connected):
             self._connected, self._bdseq = True, event.bdseq
             self._host_online = self.settings.primary_host_id is None
@@ -234,7 +223,7 @@ class EdgeNode:
         elif isinstance(event, Command):
             self._on_command(event)
         elif isinstance(event, _Camera):
-            self._on_camera(event)
+            self._rec.camera(event.name, event.added)
 
     def _on_host_state(self, event: HostState) -> None:
         if event.timestamp_ms < self._host_ts:
@@ -267,92 +256,11 @@ class EdgeNode:
             Metric(model.VERSION, DataType.STRING, self._info.version),
             Metric(model.DETECTOR_BACKEND, DataType.STRING, self._info.detector_backend),
             Metric(model.DETECTOR_MODEL, DataType.STRING, self._info.detector_model),
-            Metric(model.CAMERA_COUNT, DataType.INT32, len(self._cameras)),
+            Metric(model.CAMERA_COUNT, DataType.INT32, len(self._rec.cameras)),
         ]
-        devices = {name: dev.metrics.birth_metrics(self._labels, now_ms)
-                   for name, dev in self._devices.items() if dev.alive}
-        self._sender.births(node, devices, self._labels, now_ms)
-
-    # -- contract messages → stored changes -------------------------------------------------
-
-    def _device(self, camera: str) -> _Device | None:
-        if camera in self._removed:
-            return None  # late messages of a camera removed by a reload
-        dev = self._devices.get(camera)
-        if dev is None:
-            dev = self._devices[camera] = _Device(CameraMetrics())
-            if camera not in self._cameras:
-                self._cameras.append(camera)
-                self._store(None, [Change(model.CAMERA_COUNT, DataType.INT32,
-                                          len(self._cameras), _now_ms())], "status")
-        return dev
-
-    def _on_message(self, msg: _Message) -> None:
-        dev = self._device(msg.camera)
-        if dev is None:
-            return
-        m, p = dev.metrics, msg.payload
-        if msg.kind == "detections":
-            changes, unknown = m.detections(p, self._labels, time.monotonic())
-            if unknown:
-                log.info("sparkplug new label(s) %s: rebirth", ", ".join(sorted(unknown)))
-                self._labels.extend(sorted(unknown))
-            self._store(msg.camera, changes, "detections")
-        elif msg.kind == "descriptions":
-            self._store(msg.camera, m.descriptions(p), "descriptions")
-        elif msg.kind == "stats":
-            self._store(msg.camera, m.stats(p), "stats")
-        elif msg.kind == "status":
-            self._on_status(msg.camera, dev, p)
-
-    def _on_status(self, camera: str, dev: _Device, payload: Mapping[str, Any]) -> None:
-        changes = dev.metrics.status(payload, _now_ms())
-        state = payload.get("state")
-        if state in model.TERMINAL_STATES:
-            self._store(camera, changes, "status")
-            self._kill(camera, dev)
-            return
-        if not dev.alive:  # it streams again: born before its data (on the next flush)
-            dev.alive = True
-        self._store(camera, changes, "status")
-
-    def _kill(self, camera: str, dev: _Device) -> None:
-        if dev.alive:
-            dev.alive = False
-            self.outbox.put(self._sender.topic("DDEATH", camera), b'{"k":"DDEATH"}', 0, False,
-                            "status", camera, 0)
-
-    def _on_camera(self, event: _Camera) -> None:
-        name = event.name
-        if event.added:
-            self._removed.discard(name)
-            dev = self._device(name)
-            if dev is not None:
-                dev.alive = True
-            return
-        dev = self._devices.get(name)
-        if dev is not None:
-            self._kill(name, dev)
-        self._removed.add(name)
-        if name in self._cameras:
-            self._cameras.remove(name)
-            self._store(None, [Change(model.CAMERA_COUNT, DataType.INT32, len(self._cameras),
-                                      _now_ms())], "status")
-
-    def _idle_check(self) -> None:
-        now = time.monotonic()
-        for name, dev in self._devices.items():
-            last = dev.metrics.last_detection_mono
-            if last is not None and now - last >= self.settings.idle_after_s:
-                self._store(name, dev.metrics.idle(self._labels, _now_ms()), "detections")
-
-    def _store(self, camera: str | None, changes: list[Change], kind: str) -> None:
-        if not changes:
-            return
-        body = json.dumps({"k": "DDATA" if camera else "NDATA",
-                           "m": [c.to_json() for c in changes]}, separators=(",", ":"))
-        topic = self._sender.topic("DDATA", camera) if camera else self._sender.topic("NDATA")
-        self.outbox.put(topic, body.encode(), 0, False, kind, camera, 0)
+        devices = {name: dev.metrics.birth_metrics(self._rec.labels, now_ms)
+                   for name, dev in self._rec.devices.items() if dev.alive}
+        self._sender.births(node, devices, self._rec.labels, now_ms)
 
     # -- commands ------------------------------------------------------------------------------
 
@@ -371,7 +279,7 @@ class EdgeNode:
                 log.info("sparkplug rebirth requested")
                 self._rebirth = True
             elif (cmd.device is not None and name == model.SNAPSHOT
-                  and cmd.device in self._devices and self._request_snapshot is not None):
+                  and cmd.device in self._rec.devices and self._request_snapshot is not None):
                 self._request_snapshot(cmd.device)
         if self._rebirth and self._live:
             self._births()
@@ -392,34 +300,27 @@ class EdgeNode:
             for row in sent:
                 self.outbox.remove(row.id)
         if self._live and not len(self.outbox):
-            self._sender.bury_departed({n for n, d in self._devices.items() if d.alive})
+            self._sender.bury_departed(self._rec.alive())
 
     def _send_row(self, row: Row) -> bool:
-        body = json.loads(row.payload)
-        historical = row.id <= self._historical_up_to
-        if body["k"] == "DDEATH":
+        stored = decode_row(row.payload)
+        if stored.message_type == DDEATH:
             assert row.camera is not None
             return self._sender.ddeath(row.camera)
-        changes = [Change.from_json(c) for c in body["m"]]
-        undeclared = [c.name[len(model.OBJECTS):] for c in changes
+        undeclared = [c.name[len(model.OBJECTS):] for c in stored.changes
                       if c.name.startswith(model.OBJECTS)
                       and c.name[len(model.OBJECTS):] not in self._sender.born_labels]
         if undeclared:
-            self._labels.extend(lb for lb in dict.fromkeys(undeclared) if lb not in self._labels)
+            self._rec.add_labels(undeclared)
             self._births()
             if not self._live:
                 return False
+        historical = row.id <= self._historical_up_to
         if row.camera is None:
-            return self._sender.data(None, changes, historical)
+            return self._sender.data(None, stored.changes, historical)
         if not self._sender.is_born(row.camera):
-            dev = self._devices.get(row.camera)
-            if dev is None:  # stored by a previous run for a camera no longer configured
-                dev = self._devices[row.camera] = _Device(CameraMetrics(), alive=False)
-            metrics = dev.metrics.birth_metrics(self._labels, _now_ms())
+            metrics = self._rec.device_for_row(row.camera).metrics.birth_metrics(
+                self._rec.labels, now_ms())
             if not self._sender.dbirth(row.camera, metrics):
                 return False
-        return self._sender.data(row.camera, changes, historical)
-
-
-def _now_ms() -> int:
-    return round(time.time() * 1000)
+        return self._sender.data(row.camera, stored.changes, historical)
