@@ -35,16 +35,37 @@ import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Annotated, Literal
 
 import cv2
 import numpy as np
 import numpy.typing as npt
+from pydantic import Field
 
-from streamd.config import MotionSettings
+from streamd import geometry
 from streamd.detections import readonly
 from streamd.frames import Frame
+from streamd.settings import StrictModel
 
 log = logging.getLogger(__name__)
+
+
+class MotionSettings(StrictModel):
+    """`motion:`: how moving regions are found (the same for every camera)."""
+
+    enabled: bool = Field(
+        True, description="false: no motion gating; the detector then needs "
+        "`full_frame_every` (the naive baseline of `streamd bench`).")
+    scale_width: int = Field(
+        320, ge=32, le=1920, description="Flow is computed at this width. 240 costs ~45 % "
+        "of 320 and finds the same moving objects down to ~20 px (at 640 px wide); 160 "
+        "also misses objects slower than ~2 px/frame.")
+    threshold: Literal["auto"] | Annotated[float, Field(gt=0)] = Field(
+        "auto", description="Flow magnitude (px/frame at full resolution) that counts as "
+        "motion; `auto` adapts to the scene's noise floor.")
+    min_area: float = Field(0.001, ge=0.0, lt=1.0, description="Smallest ROI, fraction of frame.")
+    pad: float = Field(0.15, ge=0.0, le=2.0, description="ROI padding, fraction of its size.")
+    max_rois: int = Field(8, ge=1, le=64, description="Largest ROIs kept per frame.")
 
 BoxArray = npt.NDArray[np.int32]
 FloatArray = npt.NDArray[np.float32]
@@ -140,37 +161,6 @@ class Rois:
         return len(self.xyxy)
 
 
-def _merge_boxes(boxes: _F64) -> _F64:
-    """Replace every group of boxes that overlap or touch by their union, until none do.
-
-    `boxes` (N, 4) float64 xyxy with exclusive ends, so boxes sharing an edge touch. A union
-    can reach a box neither member touched, hence the outer loop.
-    """
-    while len(boxes) > 1:
-        n = len(boxes)
-        x1, y1, x2, y2 = boxes.T
-        touch = ((x1[:, None] <= x2[None, :]) & (x1[None, :] <= x2[:, None])
-                 & (y1[:, None] <= y2[None, :]) & (y1[None, :] <= y2[:, None]))
-        group = np.arange(n)
-        while True:  # label propagation: each box takes the smallest id it is connected to
-            new = np.where(touch, group[None, :], n).min(axis=1)
-            if np.array_equal(new, group):
-                break
-            group = new
-        ids, inverse = np.unique(group, return_inverse=True)
-        if len(ids) == n:
-            break
-        merged = np.empty((len(ids), 4))
-        merged[:, :2] = np.inf
-        merged[:, 2:] = -np.inf
-        np.minimum.at(merged[:, 0], inverse, x1)
-        np.minimum.at(merged[:, 1], inverse, y1)
-        np.maximum.at(merged[:, 2], inverse, x2)
-        np.maximum.at(merged[:, 3], inverse, y2)
-        boxes = merged
-    return boxes
-
-
 class MotionStage:
     """One per camera; stateful (keeps the previous small grey frame).
 
@@ -208,14 +198,6 @@ class MotionStage:
         """Frames for which the gate skipped the flow (nothing changed beyond the noise)."""
         self.analysed = 0
         """Frames for which the flow ran."""
-
-    @property
-    def threshold_px(self) -> float | None:
-        """Magnitude threshold last applied, px/frame at full resolution (None before the
-        first flow); with `threshold: auto` this is the learnt noise floor of the scene."""
-        if self._threshold_small is None:
-            return None
-        return self._threshold_small * self._scale
 
     def reset(self) -> None:
         """Forget the previous frame and the learnt noise levels (after a reconnect or a
@@ -375,18 +357,13 @@ class MotionStage:
         y = stats[:, cv2.CC_STAT_TOP].astype(np.float64)
         boxes = np.stack([x, y, x + stats[:, cv2.CC_STAT_WIDTH],
                           y + stats[:, cv2.CC_STAT_HEIGHT]], axis=1)
-        boxes = _merge_boxes(boxes)
-        wh = boxes[:, 2:] - boxes[:, :2]
-        keep = (wh[:, 0] * wh[:, 1] >= s.min_area * sw * sh) & self._any_changed(boxes, changed)
+        boxes = geometry.merge_touching(boxes)
+        keep = (geometry.area(boxes) >= s.min_area * sw * sh) & self._any_changed(boxes, changed)
         boxes = boxes[keep]
         if not len(boxes):
             return Rois.empty()
-        wh = boxes[:, 2:] - boxes[:, :2]
-        boxes = boxes + np.hstack([-wh, wh]) * s.pad
-        boxes = np.clip(boxes, 0, [sw, sh, sw, sh])
-        boxes = _merge_boxes(boxes)
-        area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-        boxes = boxes[np.argsort(-area, kind="stable")[:s.max_rois]]
+        boxes = geometry.merge_touching(geometry.clip(geometry.pad(boxes, s.pad), (sw, sh)))
+        boxes = boxes[np.argsort(-geometry.area(boxes), kind="stable")[:s.max_rois]]
         return self._measure(boxes, moving & mask, mag, fx, fy)
 
     def _any_changed(self, boxes: _F64, changed: _Mask) -> _Mask:

@@ -14,11 +14,26 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
+from pydantic import Field
 
-from streamd.detect.boxes import box_iou
+from streamd import geometry
 from streamd.detections import Detections
+from streamd.settings import StrictModel
 
 Box = npt.NDArray[np.float64]
+
+
+class TrackerSettings(StrictModel):
+    """The `tracker:` section: how detections of consecutive frames become one object."""
+
+    iou: float = Field(
+        0.3, gt=0.0, le=1.0, description="A detection continues a track when its IoU with the "
+        "track's predicted box is at least this; lower keeps fast or jittery objects, higher "
+        "keeps two objects that pass close to each other apart.")
+    max_missed: int = Field(
+        15, ge=0, le=10_000, description="Analysed frames a track survives without a "
+        "matching detection before its id is retired (an object hidden for longer comes "
+        "back with a new id).")
 
 
 @dataclass
@@ -40,16 +55,15 @@ class Tracker:
     """Assigns `tracker_id`s to one camera's detections, frame after frame.
 
     Each `update` matches detections to live tracks of the same class by IoU with the
-    track's predicted box (>= `iou_threshold`, best pair first); unmatched detections start
+    track's predicted box (>= `settings.iou`, best pair first); unmatched detections start
     new tracks with ids 1, 2, 3, ... (never reused); a track unmatched for more than
-    `max_missed` consecutive updates is retired. Call `update` once per analysed frame, with
-    an empty `Detections` when nothing was found, so that missing objects age.
+    `settings.max_missed` consecutive updates is retired. Call `update` once per analysed
+    frame, with an empty `Detections` when nothing was found, so that missing objects age.
     """
 
-    def __init__(self, iou_threshold: float = 0.3, max_missed: int = 15,
+    def __init__(self, settings: TrackerSettings | None = None, *,
                  max_tracks: int = 256) -> None:
-        self.iou_threshold = iou_threshold
-        self.max_missed = max_missed
+        self.settings = settings if settings is not None else TrackerSettings()
         self.max_tracks = max_tracks
         """A cap on live tracks: a noisy model or a too-low confidence must cost bounded
         CPU (the IoU matrix is tracks x detections); the longest-unseen go first."""
@@ -59,7 +73,8 @@ class Tracker:
 
     @property
     def active_ids(self) -> tuple[int, ...]:
-        """Ids of the tracks still alive (seen within the last `max_missed` updates)."""
+        """Ids of the tracks still alive (seen within the last `max_missed` updates); the
+        pipeline keeps descriptions only for these."""
         return tuple(t.id for t in self._tracks)
 
     def update(self, dets: Detections) -> Detections:
@@ -71,10 +86,10 @@ class Tracker:
         matched_tracks: set[int] = set()
         if self._tracks and len(dets):
             predicted = np.stack([t.predicted() for t in self._tracks])
-            iou = box_iou(predicted, boxes)
+            iou = geometry.iou(predicted, boxes)
             track_cls = np.array([t.class_id for t in self._tracks])
             iou[track_cls[:, None] != dets.class_id[None, :]] = 0.0
-            ti, di = np.nonzero(iou >= self.iou_threshold)
+            ti, di = np.nonzero(iou >= self.settings.iou)
             for k in np.argsort(-iou[ti, di], kind="stable"):
                 t, d = int(ti[k]), int(di[k])
                 if t in matched_tracks or ids[d] != -1:
@@ -86,7 +101,7 @@ class Tracker:
         for i, track in enumerate(self._tracks):
             if i not in matched_tracks:
                 track.missed += 1
-            if track.missed <= self.max_missed:
+            if track.missed <= self.settings.max_missed:
                 survivors.append(track)
         self._tracks = survivors
         for new in np.flatnonzero(ids == -1):
@@ -99,6 +114,11 @@ class Tracker:
             self._tracks.sort(key=lambda t: t.missed)  # stable: among equals, oldest first
             del self._tracks[self.max_tracks:]
         return dets.with_tracker_id(ids)
+
+    def reset(self) -> None:
+        """Forget every track (a reconnect starts a new stream: nothing seen before it is
+        matched after it). Ids keep counting up, so an old id never names a new object."""
+        self._tracks = []
 
     def carry(self, steps: float) -> Detections:
         """Where the objects seen at the last `update` are now, `steps` updates later, by

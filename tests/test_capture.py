@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from streamd.capture import CameraState, CaptureWorker
-from streamd.config import CameraSettings
+from streamd.capture import CameraSettings, CameraState, CaptureWorker
 from streamd.frames import Frame, FrameSlot
 from streamd.state import StateStore
 from tests.helpers.video import write_moving_shapes_video

@@ -12,19 +12,13 @@ from typing import Any
 import numpy as np
 import pytest
 
-from streamd.config import (
-    ConfigError,
-    NoDescriberSettings,
-    OpenAIDescriberSettings,
-    TemplateDescriberSettings,
-    load,
-    preflight,
-    validate,
-)
+from streamd.config import ConfigError, load, preflight, validate
 from streamd.describe import BACKENDS, DescribeRequest, Description, create_describer
+from streamd.describe.base import NoDescriberSettings
 from streamd.describe.inputs import crop_for, pad_box
+from streamd.describe.openai import OpenAIDescriberSettings
 from streamd.describe.service import DescriberService, TokenBucket
-from streamd.describe.template import TemplateDescriber
+from streamd.describe.template import TemplateDescriber, TemplateDescriberSettings
 
 FRAME_WH = (300, 300)
 

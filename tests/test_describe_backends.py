@@ -22,15 +22,12 @@ import pytest
 import yaml
 from pydantic import SecretStr
 
-from streamd.config import (
-    CLIPDescriberSettings,
-    OpenAIDescriberSettings,
-    TransformersDescriberSettings,
-    load,
-)
+from streamd.config import load
 from streamd.describe import DescribeRequest, DescriberError, Description, create_describer
-from streamd.describe.clip import CLIPDescriber
+from streamd.describe.clip import CLIPDescriber, CLIPDescriberSettings
+from streamd.describe.openai import OpenAIDescriberSettings
 from streamd.describe.service import DescriberService
+from streamd.describe.transformers import TransformersDescriberSettings
 from tests.helpers.mqtt import Collector, Mosquitto
 from tests.helpers.openai_server import ChatServer
 from tests.helpers.procs import REPO_ROOT, Daemon, daemon_config, run_cli

@@ -15,11 +15,11 @@ import cv2
 import numpy as np
 import pytest
 
-from streamd.config import TemplateDescriberSettings
 from streamd.describe import DescribeRequest, Description
 from streamd.describe.cache import DescriptionCache
 from streamd.describe.inputs import crop_for, dhash, hamming
 from streamd.describe.service import DescriberService
+from streamd.describe.template import TemplateDescriberSettings
 from tests.helpers.video import render_moving_shapes
 
 BOXES = [(100, 60, 180, 300), (300, 200, 360, 330), (500, 100, 620, 420), (20, 380, 140, 560),

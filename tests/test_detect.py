@@ -16,11 +16,6 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from streamd.config import (
-    HOGDetectorSettings,
-    NoDetectorSettings,
-    ONNXRuntimeDetectorSettings,
-)
 from streamd.detect import (
     Detector,
     DetectorError,
@@ -29,6 +24,9 @@ from streamd.detect import (
     create_detector,
     plan_regions,
 )
+from streamd.detect.base import NoDetectorSettings
+from streamd.detect.hog import HOGDetectorSettings
+from streamd.detect.onnxruntime import ONNXRuntimeDetectorSettings
 from streamd.detect.yolo import COCO80
 from streamd.detections import Detections
 from streamd.frames import Frame, Image
@@ -323,7 +321,7 @@ def test_service_batches_two_cameras_into_one_call() -> None:
         assert time.monotonic() - t0 < 1.5
     assert det.calls == [3]
     assert service.batches == 1 and service.last_batch_size == 3 and service.crops == 3
-    assert service.requests == 2 and service.infer_ms >= 0
+    assert service.infer_ms_ema > 0
     for dets in (a, b):  # boxes back in frame pixels, whichever crop found them
         np.testing.assert_allclose(dets.xyxy, [[300, 200, 340, 280]])
         assert dets.labels == ("blob",)

@@ -18,32 +18,27 @@ import pytest
 from onnx import TensorProto, helper, save
 
 from streamd.cli import main
-from streamd.config import ConfigError, TensorRTDetectorSettings, load, preflight, validate
-from streamd.detect.build import build_settings
-from streamd.detect.engine import (
-    BuildProgress,
-    CacheLookup,
-    EngineError,
-    EngineKey,
-    Sidecar,
-    builder_options,
+from streamd.config import ConfigError, load, preflight, validate
+from streamd.detect.tensorrt import TensorRTDetectorSettings
+from streamd.detect.tensorrt.build import build_settings
+from streamd.detect.tensorrt.cache import CacheLookup, lookup, timing_cache_path
+from streamd.detect.tensorrt.calibration import (
     calibration_batches,
     calibration_cache_path,
     calibration_images,
-    diff_keys,
-    file_sha256,
+)
+from streamd.detect.tensorrt.errors import EngineError
+from streamd.detect.tensorrt.key import EngineKey, diff_keys, file_sha256
+from streamd.detect.tensorrt.onnx_meta import onnx_metadata
+from streamd.detect.tensorrt.options import (
+    builder_options,
     format_parser_error,
-    lookup,
-    onnx_metadata,
     parse_version,
     profile_shapes,
-    read_engine_file,
-    read_sidecar,
-    sidecar_path,
-    split_ultralytics,
-    timing_cache_path,
-    write_sidecar,
 )
+from streamd.detect.tensorrt.progress import BuildProgress
+from streamd.detect.tensorrt.sidecar import Sidecar, read_sidecar, sidecar_path, write_sidecar
+from streamd.detect.tensorrt.ultralytics import read_engine_file, split_ultralytics
 from streamd.detect.yolo import letterbox_batch
 from streamd.export import ExportError, verify_onnx
 

@@ -17,9 +17,8 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from streamd.config import MotionSettings
 from streamd.frames import Frame
-from streamd.motion import MotionStage, Rois, _merge_boxes
+from streamd.motion import MotionSettings, MotionStage, Rois
 
 Box = tuple[int, int, int, int]
 Grey = npt.NDArray[np.uint8]
@@ -206,25 +205,6 @@ def test_rois_are_read_only() -> None:
                 np.array([[1.0, 0.0]], np.float32))
     with pytest.raises(ValueError):
         rois.xyxy[0, 0] = 9
-
-
-# --- box merging --------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(("boxes", "expected"), [
-    ([], []),
-    ([[0, 0, 10, 10]], [[0, 0, 10, 10]]),
-    ([[0, 0, 10, 10], [20, 20, 30, 30]], [[0, 0, 10, 10], [20, 20, 30, 30]]),
-    ([[0, 0, 10, 10], [10, 0, 20, 10]], [[0, 0, 20, 10]]),  # touching edges
-    ([[0, 0, 10, 10], [5, 5, 15, 15]], [[0, 0, 15, 15]]),  # overlapping
-    ([[0, 0, 10, 10], [10, 10, 20, 20], [20, 20, 30, 30]], [[0, 0, 30, 30]]),  # a chain
-    # the union of the first two reaches the third, which touched neither
-    ([[0, 0, 10, 2], [8, 0, 10, 10], [0, 9, 3, 12]], [[0, 0, 10, 12]]),
-])
-def test_merge_boxes(boxes: list[list[float]], expected: list[list[float]]) -> None:
-    out = _merge_boxes(np.asarray(boxes, np.float64).reshape(-1, 4))
-    got = sorted(map(tuple, out.tolist()))
-    assert got == sorted(map(tuple, np.asarray(expected, np.float64).reshape(-1, 4).tolist()))
 
 
 # --- from a magnitude field to boxes (the flow itself left out) ----------------------------

@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from streamd.capture import CaptureWorker
-from streamd.config import CameraSettings
+from streamd.capture import CameraSettings, CaptureWorker
 from streamd.frames import FrameSlot
 from streamd.notify import Notifier
 from streamd.state import StateStore

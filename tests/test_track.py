@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from streamd.detections import Detections
-from streamd.track import Tracker
+from streamd.track import Tracker, TrackerSettings
 
 
 def dets(*boxes: tuple[float, float, float, float], classes: list[int] | None = None
@@ -26,7 +26,14 @@ def test_ids_are_stable_for_moving_boxes() -> None:
     seen = [tracker.update(dets(box(10 + 8 * t, 50), box(400, 50 + 5 * t)))
             for t in range(20)]
     assert all(s.tracker_id.tolist() == [1, 2] for s in seen)
-    assert tracker.active_ids == (1, 2)
+
+
+@pytest.mark.parametrize(("iou", "same_id"), [(0.3, True), (0.7, False)])
+def test_iou_setting_decides_what_continues_a_track(iou: float, same_id: bool) -> None:
+    """A jump of 20 of 40 px overlaps the old box with IoU 1/3: enough at 0.3, not at 0.7."""
+    tracker = Tracker(TrackerSettings(iou=iou))
+    tracker.update(dets(box(100, 50)))
+    assert (tracker.update(dets(box(120, 50))).tracker_id.tolist() == [1]) is same_id
 
 
 def test_rows_keep_their_order_and_values() -> None:
@@ -54,11 +61,10 @@ def test_ids_are_class_consistent() -> None:
 
 @pytest.mark.parametrize(("gap", "same_id"), [(2, True), (3, False)])
 def test_ids_survive_max_missed_frames_then_retire(gap: int, same_id: bool) -> None:
-    tracker = Tracker(max_missed=2)
+    tracker = Tracker(TrackerSettings(max_missed=2))
     assert tracker.update(dets(box(10, 10))).tracker_id.tolist() == [1]
     for _ in range(gap):
         assert len(tracker.update(Detections.empty())) == 0
-    assert tracker.active_ids == ((1,) if same_id else ())
     again = tracker.update(dets(box(10, 10))).tracker_id.tolist()
     assert again == ([1] if same_id else [2])  # retired ids are never reused
 
@@ -67,7 +73,7 @@ def test_empty_input() -> None:
     tracker = Tracker()
     out = tracker.update(Detections.empty())
     assert len(out) == 0 and out.tracker_id.shape == (0,)
-    assert tracker.active_ids == ()
+    assert len(tracker.carry(1.0)) == 0
 
 
 def test_two_crossing_objects_keep_their_ids() -> None:
@@ -81,7 +87,7 @@ def test_two_crossing_objects_keep_their_ids() -> None:
 
 
 def test_missed_object_is_found_where_it_moved_to() -> None:
-    tracker = Tracker(max_missed=5)
+    tracker = Tracker(TrackerSettings(max_missed=5))
     for t in range(5):
         tracker.update(dets(box(20 * t, 0)))
     tracker.update(Detections.empty())
@@ -116,4 +122,4 @@ def test_track_count_is_capped() -> None:
     for _ in range(5):  # 50 unrelated boxes a frame: a noisy model
         xy = rng.uniform(0, 1000, (50, 2))
         tr.update(Detections(np.hstack([xy, xy + 5]), np.full(50, 0.5), np.zeros(50)))
-    assert len(tr.active_ids) == 10
+    assert len(tr.carry(0.0)) == 10  # the 10 seen last (none of them missed)

@@ -5,13 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from streamd.detect.boxes import box_iou, nms
 from streamd.detect.yolo import (
     COCO80,
     PAD_VALUE,
     Letterbox,
     decode,
-    letterbox,
     letterbox_batch,
     parse_names,
 )
@@ -47,14 +45,15 @@ def image(w: int, h: int, bgr: tuple[int, int, int] = (0, 0, 0)) -> np.ndarray:
 ])
 def test_letterbox_geometry(wh: tuple[int, int], size: int, scale: float,
                             pad: tuple[int, int]) -> None:
-    tensor, got_scale, got_pad = letterbox(image(*wh), size)
-    assert tensor.shape == (3, size, size) and tensor.dtype == np.float32
-    assert got_scale == pytest.approx(scale)
-    assert got_pad == pad
+    tensor, (lb,) = letterbox_batch([image(*wh)], size)
+    assert tensor.shape == (1, 3, size, size) and tensor.dtype == np.float32
+    assert lb.scale == pytest.approx(scale)
+    assert lb.pad_xy == pad
 
 
 def test_letterbox_is_rgb_scaled_and_padded_grey() -> None:
-    tensor, _, (_, pad_y) = letterbox(image(64, 32, bgr=(255, 0, 0)), 64)  # blue
+    batch, (lb,) = letterbox_batch([image(64, 32, bgr=(255, 0, 0))], 64)  # blue
+    tensor, pad_y = batch[0], lb.pad_xy[1]
     inside = tensor[:, pad_y + 1, 10]
     np.testing.assert_allclose(inside, [0.0, 0.0, 1.0])  # RGB order: blue is last
     np.testing.assert_allclose(tensor[:, 0, 0], [PAD_VALUE / 255] * 3)
@@ -63,8 +62,9 @@ def test_letterbox_is_rgb_scaled_and_padded_grey() -> None:
 def test_letterbox_round_trip_maps_points_back() -> None:
     img = image(300, 120)
     img[40:60, 200:250] = 255  # a white block
-    tensor, scale, (px, py) = letterbox(img, 160)
-    ys, xs = np.nonzero(tensor[0] > 0.9)
+    batch, (lb,) = letterbox_batch([img], 160)
+    scale, (px, py) = lb.scale, lb.pad_xy
+    ys, xs = np.nonzero(batch[0, 0] > 0.9)
     x1, y1 = (xs.min() - px) / scale, (ys.min() - py) / scale
     x2, y2 = (xs.max() + 1 - px) / scale, (ys.max() + 1 - py) / scale
     np.testing.assert_allclose([x1, y1, x2, y2], [200, 40, 250, 60], atol=1 / scale)
@@ -75,9 +75,9 @@ def test_letterbox_batch_matches_single_images() -> None:
     batch, boxes = letterbox_batch(imgs, 96)
     assert batch.shape == (2, 3, 96, 96)
     for i, img in enumerate(imgs):
-        tensor, scale, pad = letterbox(img, 96)
-        np.testing.assert_array_equal(batch[i], tensor)
-        assert boxes[i] == Letterbox(scale, pad, (img.shape[1], img.shape[0]))
+        alone, (lb,) = letterbox_batch([img], 96)
+        np.testing.assert_array_equal(batch[i], alone[0])
+        assert boxes[i] == lb and lb.image_wh == (img.shape[1], img.shape[0])
 
 
 def test_decode_maps_boxes_to_original_pixels() -> None:
@@ -166,14 +166,6 @@ def test_decode_batch_keeps_images_apart() -> None:
 def test_decode_rejects_an_output_without_classes() -> None:
     with pytest.raises(ValueError, match=r"\[N, 4\+C, A\]"):
         decode(np.zeros((1, 4, 8), np.float32), 0.25, 0.5, None, [IDENTITY])
-
-
-def test_nms_and_iou_edge_cases() -> None:
-    assert nms(np.empty((0, 4)), np.empty(0), 0.5).shape == (0,)
-    boxes = np.array([[0, 0, 10, 10], [0, 0, 10, 10], [0, 0, 0, 0]], np.float32)
-    np.testing.assert_allclose(box_iou(boxes, boxes)[:2, :2], 1.0)
-    assert box_iou(boxes, boxes)[2, 2] == 0.0  # no area, no overlap
-    assert nms(boxes[:2], np.array([0.0, -1.0]), 0.5).tolist() == [0]  # any score sign
 
 
 def test_parse_names_reads_ultralytics_metadata() -> None:

@@ -10,19 +10,57 @@ probabilities, e.g. `person: red jacket (62%), backpack (21%)`.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Literal
 
 import cv2
 import numpy as np
+from pydantic import Field, field_validator
 
-from streamd.config import CLIPDescriberSettings
-from streamd.describe.base import DescribeRequest, DescriberError
-from streamd.describe.hf import device_and_dtype, import_vl, model_dir, processor_size, to_device
+from streamd.describe.base import DescriberBaseSettings, DescribeRequest, DescriberError
+from streamd.describe.hf import (
+    LocalModelSettings,
+    device_and_dtype,
+    import_vl,
+    model_dir,
+    processor_size,
+    to_device,
+)
+from streamd.settings import check_placeholders
 
 log = logging.getLogger(__name__)
 
 KEY = "clip"
 DEFAULT_SIZE = 224
+
+
+class CLIPDescriberSettings(DescriberBaseSettings, LocalModelSettings):
+    """`backend: clip`: tags from a fixed vocabulary, scored zero-shot by a local CLIP."""
+
+    backend: Literal["clip"]
+    vocabulary: list[str] = Field(
+        min_length=2, description="Tags each crop is scored against (zero-shot).")
+    vocabularies: dict[str, list[str]] = Field(
+        default_factory=dict, description="Tags per label (overrides `vocabulary`).")
+    text_template: str = Field(
+        "a photo of {tag}", description="How a tag is phrased for the text encoder; "
+        "placeholders {tag}, {label}.")
+    top_k: int = Field(3, ge=1, le=50, description="Tags per description at most.")
+    min_score: float = Field(
+        0.1, ge=0.0, le=1.0, description="Tags below this probability are left out (the best "
+        "one is always kept).")
+
+    @field_validator("text_template")
+    @classmethod
+    def _text_template(cls, v: str) -> str:
+        return check_placeholders(v, frozenset({"tag", "label"}))
+
+    @field_validator("vocabularies")
+    @classmethod
+    def _vocabularies(cls, v: dict[str, list[str]]) -> dict[str, list[str]]:
+        for label, tags in v.items():
+            if len(tags) < 2:
+                raise ValueError(f"{label}: needs at least 2 tags to choose between")
+        return v
 
 
 def _features(out: Any) -> Any:

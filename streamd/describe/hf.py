@@ -5,13 +5,46 @@ them; picking device and dtype; loading strictly from a directory, never from a 
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, Literal
 
-from streamd.describe.base import DescriberError
+from pydantic import Field
+
+from streamd.describe.base import DescriberError, DescriberSettingsBase
+from streamd.settings import Problem
 
 INSTALL_HINT = "pip install 'streamd[vl]' (torch, transformers, pillow)"
+
+
+class LocalModelSettings(DescriberSettingsBase):
+    """Where a local Hugging Face model is and how it runs; mixed into the settings of the
+    backends that load one (`transformers`, `clip`), so their preflight checks it."""
+
+    model: Path = Field(description="Hugging Face model directory (config.json, weights, "
+                        "processor files); loaded offline, never downloaded.")
+    device: str = Field(
+        "auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$",
+        description="`auto`: cuda when torch sees a GPU, else cpu.")
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
+        "auto", description="`auto`: float16 on cuda, float32 on cpu.")
+
+    def preflight(self, file: str, key: str) -> list[Problem]:
+        """The model directory is one, and torch and transformers are installed."""
+        problems: list[Problem] = []
+        if not self.model.is_dir():
+            problems.append(Problem(file, f"{key}.model", f"{self.model} does not exist: "
+                                    "put a Hugging Face model directory there (README, "
+                                    "Describers)"))
+        elif not (self.model / "config.json").is_file():
+            problems.append(Problem(file, f"{key}.model", f"{self.model} has no "
+                                    "config.json: not a Hugging Face model directory"))
+        missing = [m for m in ("torch", "transformers") if importlib.util.find_spec(m) is None]
+        if missing:
+            problems.append(Problem(file, f"{key}.backend", f"{self.backend} needs "
+                                    f"{' and '.join(missing)}: pip install 'streamd[vl]'"))
+        return problems
 
 
 def import_vl(backend: str) -> tuple[ModuleType, ModuleType]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from streamd import geometry
 from streamd.frames import Image
 
 _ROWS = ("top", "middle", "bottom")
@@ -46,16 +47,12 @@ def pad_box(box: tuple[int, int, int, int], frame_wh: tuple[int, int], pad: floa
     (0, 0, 20, 20)
     """
     x1, y1, x2, y2 = box
-    w, h = max(x2 - x1, 1), max(y2 - y1, 1)
-    cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
-    half_w, half_h = w * (0.5 + pad), h * (0.5 + pad)
-    if square:
-        half_w = half_h = max(half_w, half_h)
+    grown = geometry.pad([x1, y1, max(x2, x1 + 1), max(y2, y1 + 1)], pad, square)[0]
     fw, fh = frame_wh
-    nx1 = min(max(round(cx - half_w), 0), fw - 1)
-    ny1 = min(max(round(cy - half_h), 0), fh - 1)
-    nx2 = max(min(round(cx + half_w), fw), nx1 + 1)
-    ny2 = max(min(round(cy + half_h), fh), ny1 + 1)
+    nx1 = min(max(round(grown[0]), 0), fw - 1)
+    ny1 = min(max(round(grown[1]), 0), fh - 1)
+    nx2 = max(min(round(grown[2]), fw), nx1 + 1)
+    ny2 = max(min(round(grown[3]), fh), ny1 + 1)
     return nx1, ny1, nx2, ny2
 
 

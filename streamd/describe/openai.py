@@ -23,14 +23,19 @@ import socket
 import ssl
 import threading
 import urllib.parse
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
 
 import cv2
-from pydantic import SecretStr
+from pydantic import Field, SecretStr
 
 from streamd import __version__
-from streamd.config import OpenAIDescriberSettings
-from streamd.describe.base import DescribeRequest, DescriberError
+from streamd.describe.base import (
+    DescribeRequest,
+    DescriberError,
+    PromptedDescriberSettings,
+    SecretSource,
+)
 from streamd.redact import redact
 
 log = logging.getLogger(__name__)
@@ -39,6 +44,33 @@ KEY = "openai"
 CHAT_PATH = "/chat/completions"
 _ERROR_SNIPPET = 200
 """Characters of an error response body quoted in the failure message."""
+DESCRIBER_KEY_ENV = "STREAMD_DESCRIBER_API_KEY"
+
+
+class OpenAIDescriberSettings(PromptedDescriberSettings):
+    """`backend: openai`: any OpenAI-compatible chat-completions server (Ollama, vLLM, ...)."""
+
+    backend: Literal["openai"]
+    url: str = Field(
+        pattern=r"^https?://[^/\s]+", description="OpenAI-compatible server, e.g. "
+        "http://127.0.0.1:11434/v1 (Ollama); `/chat/completions` is appended unless given.")
+    model: str = Field(min_length=1, description="Model name the server knows, e.g. "
+                       "`moondream` or `qwen2.5vl:3b`.")
+    api_key_file: Path | None = Field(
+        None, description=f"File holding the API key (else env {DESCRIBER_KEY_ENV}); a "
+        "relative path is looked up in $CREDENTIALS_DIRECTORY first. Never logged.")
+    timeout_s: float = Field(30.0, gt=0, le=600, description="Longest wait for an answer.")
+    connect_timeout_s: float = Field(5.0, gt=0, le=120,
+                                     description="Longest wait for the connection.")
+    image_size: int = Field(512, ge=32, le=4096, description="Longest crop side sent.")
+    jpeg_quality: int = Field(90, ge=10, le=100, description="Quality of the JPEG sent.")
+    temperature: float = Field(0.0, ge=0.0, le=2.0,
+                               description="Sampling temperature; 0: the likeliest answer.")
+
+    def secret(self) -> SecretSource:
+        """The API key: `api_key_file`, else env STREAMD_DESCRIBER_API_KEY, else none (a
+        local server such as Ollama needs none)."""
+        return SecretSource(self.api_key_file, DESCRIBER_KEY_ENV, "describer.api_key_file")
 
 
 def endpoint(url: str) -> urllib.parse.SplitResult:

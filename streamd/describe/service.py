@@ -30,8 +30,13 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
-from streamd.config import DescriberBaseSettings, PromptedDescriberSettings
-from streamd.describe.base import Describer, DescribeRequest, Description
+from streamd.describe.base import (
+    Describer,
+    DescriberBaseSettings,
+    DescribeRequest,
+    Description,
+    PromptedDescriberSettings,
+)
 from streamd.describe.cache import Context, DescriptionCache
 from streamd.describe.inputs import crop_for, dhash, render_prompt
 from streamd.frames import Image
@@ -86,7 +91,6 @@ class DescriberStats:
     """Model calls that raised (timeouts, HTTP errors, ...)."""
     cache_hits: int = 0
     cache_misses: int = 0
-    last_latency_ms: float = 0.0
     latency_ms_ema: float = 0.0
 
     @property
@@ -302,7 +306,6 @@ class DescriberService:
                     return
                 self.stats.described += 1
                 if not cached:
-                    self.stats.last_latency_ms = latency_ms
                     ema = self.stats.latency_ms_ema
                     self.stats.latency_ms_ema = latency_ms if not ema else \
                         ema + _LATENCY_EMA * (latency_ms - ema)

@@ -8,11 +8,17 @@ an operator installs a vision-language model.
 from __future__ import annotations
 
 import math
+from typing import Literal
 
-from streamd.config import TemplateDescriberSettings
-from streamd.describe.base import DescribeRequest
+from streamd.describe.base import DescriberBaseSettings, DescribeRequest
 
 KEY = "template"
+
+
+class TemplateDescriberSettings(DescriberBaseSettings):
+    """`backend: template`: a sentence from label, score, place and motion; no model."""
+
+    backend: Literal["template"]
 
 _DIRECTIONS = ("right", "down-right", "down", "down-left", "left", "up-left", "up", "up-right")
 STILL_PX = 0.5

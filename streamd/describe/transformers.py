@@ -12,14 +12,21 @@ the first object.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Literal
 
 import cv2
 import numpy as np
+from pydantic import Field
 
-from streamd.config import TransformersDescriberSettings
-from streamd.describe.base import DescribeRequest, DescriberError
-from streamd.describe.hf import device_and_dtype, import_vl, model_dir, processor_size, to_device
+from streamd.describe.base import DescribeRequest, DescriberError, PromptedDescriberSettings
+from streamd.describe.hf import (
+    LocalModelSettings,
+    device_and_dtype,
+    import_vl,
+    model_dir,
+    processor_size,
+    to_device,
+)
 from streamd.describe.inputs import render_prompt
 from streamd.frames import Image
 
@@ -28,6 +35,21 @@ log = logging.getLogger(__name__)
 KEY = "transformers"
 DEFAULT_SIZE = 512
 """Crop side when the processor names none."""
+
+
+class TransformersDescriberSettings(PromptedDescriberSettings, LocalModelSettings):
+    """`backend: transformers`: a local image-text-to-text model (e.g. SmolVLM)."""
+
+    backend: Literal["transformers"]
+    image_size: int | None = Field(
+        None, ge=32, le=4096, description="Longest crop side handed to the processor; "
+        "default: what the model's processor says it works at.")
+    trust_remote_code: bool = Field(
+        False, description="Run Python shipped in the model directory (some models need it). "
+        "Only for directories you trust.")
+    processor_options: dict[str, bool | int | float | str] = Field(
+        default_factory=dict, description="Extra keyword arguments for the processor call, "
+        "e.g. {do_image_splitting: false} so SmolVLM sees a crop as one tile.")
 
 
 class TransformersDescriber:

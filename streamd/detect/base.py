@@ -8,12 +8,68 @@ HOG are interchangeable and tests can pass a fake.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from pathlib import Path
+from typing import Literal, Protocol
 
 import numpy as np
+from pydantic import Field
 
 from streamd.detections import Detections, IntArray
 from streamd.frames import Image
+from streamd.settings import Problem, StrictModel
+
+
+class DetectorSettingsBase(StrictModel):
+    """What every `detector:` section has, `backend: none` included: its key, when the
+    detector runs (the detection schedule reads these for any backend; with `none` nothing
+    runs) and the checks that need the file system."""
+
+    backend: str
+    full_frame_every: int = Field(
+        0, ge=0, description="Also run on the whole frame every N analysed frames "
+        "(0: only on motion ROIs), so objects that stopped moving are not lost.")
+    max_crops: int = Field(
+        1, ge=1, le=64, description="Crops per frame at most (more motion regions are "
+        "merged); when the crops would cover half the frame or more, the whole frame is "
+        "detected in one pass instead. Each crop costs one full inference at `input_size`, "
+        "so 1 is the cheapest; raise it when objects are small and far apart.")
+    interval: int = Field(
+        1, ge=1, le=100, description="Run the detector on every k-th analysed frame per "
+        "camera; in between the tracker carries the boxes forward (DeepStream's `interval`).")
+
+    @property
+    def runs(self) -> bool:
+        """A model runs at all (False only for `backend: none`)."""
+        return True
+
+    def preflight(self, file: str, key: str) -> list[Problem]:
+        """Problems only the file system shows (a missing model file); none here."""
+        return []
+
+
+class NoDetectorSettings(DetectorSettingsBase):
+    """No detector: motion ROIs only (the schedule fields are accepted and unused)."""
+
+    backend: Literal["none"]
+
+    @property
+    def runs(self) -> bool:
+        return False
+
+
+class ModelDetectorSettings(DetectorSettingsBase):
+    """The filtering every backend with a model applies to its output."""
+
+    confidence: float = Field(0.35, ge=0.0, le=1.0, description="Minimum score kept.")
+    iou: float = Field(0.5, gt=0.0, le=1.0, description="IoU above which NMS suppresses.")
+    classes: list[str] | None = Field(None, description="Keep only these labels.")
+
+
+def model_file_problems(model: Path, file: str, key: str) -> list[Problem]:
+    """The one file-system check a model path needs: it is there."""
+    if model.is_file():
+        return []
+    return [Problem(file, f"{key}.model", f"{model} does not exist")]
 
 
 class DetectorError(Exception):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
+from streamd import geometry
 from streamd.detections import IntArray
 
 MERGE_OVERLAP = 0.5
@@ -33,21 +34,6 @@ def _square(box: npt.NDArray[np.float64], min_side: float, frame_wh: tuple[int, 
     return np.array([nx1, ny1, nx1 + sw, ny1 + sh])
 
 
-def _union(a: npt.NDArray[np.float64], b: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
-    return np.concatenate([np.minimum(a[:2], b[:2]), np.maximum(a[2:], b[2:])])
-
-
-def _area(box: npt.NDArray[np.float64]) -> float:
-    return float(max(box[2] - box[0], 0.0) * max(box[3] - box[1], 0.0))
-
-
-def _overlap(a: npt.NDArray[np.float64], b: npt.NDArray[np.float64]) -> float:
-    """Intersection over the smaller area: 1.0 when one region contains the other."""
-    inter = _area(np.concatenate([np.maximum(a[:2], b[:2]), np.minimum(a[2:], b[2:])]))
-    smaller = min(_area(a), _area(b))
-    return inter / smaller if smaller > 0 else 0.0
-
-
 def plan_regions(rois_xyxy: npt.ArrayLike, frame_wh: tuple[int, int], input_size: int,
                  max_regions: int = 8) -> IntArray:
     """Motion ROIs (N, 4) xyxy in frame pixels -> crop regions (M, 4) int64 xyxy, M <= N and
@@ -59,29 +45,25 @@ def plan_regions(rois_xyxy: npt.ArrayLike, frame_wh: tuple[int, int], input_size
     are merged into one square around both; past `max_regions`, the pair whose union is
     smallest is merged until the count fits, so no ROI is ever dropped.
     """
-    fw, fh = frame_wh
-    rois = np.asarray(rois_xyxy, np.float64).reshape(-1, 4)
-    rois = np.clip(rois, 0.0, [fw, fh, fw, fh])
+    rois = geometry.clip(rois_xyxy, frame_wh)
     rois = rois[(rois[:, 2] > rois[:, 0]) & (rois[:, 3] > rois[:, 1])]
     min_side = input_size / 2
     regions = [_square(r, min_side, frame_wh) for r in rois]
 
     def merge(i: int, j: int) -> None:
-        regions[i] = _square(_union(regions[i], regions[j]), min_side, frame_wh)
+        regions[i] = _square(geometry.union(regions[i], regions[j])[0], min_side, frame_wh)
         del regions[j]
 
     merged = True
     while merged:
         merged = False
-        for i in range(len(regions)):
-            j = next((j for j in range(i + 1, len(regions))
-                      if _overlap(regions[i], regions[j]) >= MERGE_OVERLAP), None)
-            if j is not None:
-                merge(i, j)
-                merged = True
-                break
+        over = np.triu(geometry.overlap(regions, regions), k=1) >= MERGE_OVERLAP
+        if over.any():
+            i, j = (int(k) for k in np.argwhere(over)[0])  # first pair in row-major order
+            merge(i, j)
+            merged = True
     while len(regions) > max(max_regions, 1):
-        pairs = [(_area(_union(regions[i], regions[j])), i, j)
+        pairs = [(float(geometry.area(geometry.union(regions[i], regions[j]))[0]), i, j)
                  for i in range(len(regions)) for j in range(i + 1, len(regions))]
         _, i, j = min(pairs)
         merge(i, j)
@@ -89,4 +71,4 @@ def plan_regions(rois_xyxy: npt.ArrayLike, frame_wh: tuple[int, int], input_size
         return np.empty((0, 4), np.int64)
     out = np.array(regions)
     out[:, :2], out[:, 2:] = np.floor(out[:, :2] + 1e-6), np.ceil(out[:, 2:] - 1e-6)
-    return np.clip(out, 0, [fw, fh, fw, fh]).astype(np.int64)
+    return geometry.clip(out, frame_wh).astype(np.int64)

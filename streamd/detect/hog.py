@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import Literal
 
 import cv2
 import numpy as np
+from pydantic import Field
 
-from streamd.config import HOGDetectorSettings
-from streamd.detect.base import DetectorError, class_ids
-from streamd.detect.boxes import nms
+from streamd.detect.base import DetectorError, ModelDetectorSettings, class_ids
 from streamd.detect.timing import PhaseTimes
 from streamd.detections import Detections
 from streamd.frames import Image
+from streamd.geometry import nms
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,17 @@ MAX_UPSCALE = 4.0
 INPUT_SIZE = 320
 """Crop side the service should aim for: half of it (the smallest planned crop) still holds a
 128 px window with room around a person."""
+
+
+class HOGDetectorSettings(ModelDetectorSettings):
+    """`backend: hog`: OpenCV's people detector; no model file."""
+
+    backend: Literal["hog"]
+    confidence: float = Field(
+        0.25, ge=0.0, lt=1.0, description="Minimum score; HOG's SVM margin m is published as "
+        "m / (1 + m), so 0.25 keeps margins above 0.33.")
+    min_height: int = Field(96, ge=64, le=4096,
+                            description="Crops are upscaled so a person this tall is found.")
 
 
 class HOGDetector:
@@ -99,8 +111,6 @@ class HOGDetector:
             raise DetectorError("hog detector used after close()")
         with self.phases.phase("inference"):
             found = [self._detect_one(hog, im) for im in images]
-        self.phases.calls += 1
-        self.phases.images += len(images)
         return found
 
     def close(self) -> None:

@@ -11,22 +11,45 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
+from pydantic import Field
 
-from streamd.config import ONNXRuntimeDetectorSettings
-from streamd.detect.base import DetectorError, class_ids
+from streamd.detect.base import (
+    DetectorError,
+    ModelDetectorSettings,
+    class_ids,
+    model_file_problems,
+)
 from streamd.detect.timing import PhaseTimes
 from streamd.detect.yolo import decode, letterbox_batch, parse_names, resolve_labels
 from streamd.detections import Detections
 from streamd.frames import Image
+from streamd.settings import Problem
 
 log = logging.getLogger(__name__)
 
 KEY = "onnxruntime"
 STRIDES = (8, 16, 32)
 _DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+
+
+class ONNXRuntimeDetectorSettings(ModelDetectorSettings):
+    """`backend: onnxruntime`: a YOLO ONNX model on CPU (or CUDA when onnxruntime has it)."""
+
+    backend: Literal["onnxruntime"]
+    model: Path = Field(description="YOLOv8/YOLO11-style ONNX file, output [N, 4+C, A].")
+    input_size: int = Field(320, ge=32, le=2048, multiple_of=32, description="Square side "
+                            "(px) each crop is letterboxed to; a model with a fixed input "
+                            "size needs exactly its size.")
+    labels: list[str] | None = Field(
+        None, description="Class names; default: the model's `names` metadata, else COCO.")
+    threads: int = Field(0, ge=0, le=64, description="intra-op threads; 0 = ONNX Runtime's choice.")
+    max_batch: int = Field(8, ge=1, le=256, description="Crops per inference call at most.")
+
+    def preflight(self, file: str, key: str) -> list[Problem]:
+        return model_file_problems(self.model, file, key)
 
 
 def anchor_count(size: int) -> int:
@@ -140,8 +163,6 @@ class ONNXRuntimeDetector:
             with self.phases.phase("postprocess"):
                 results += decode(np.asarray(out[0][:len(chunk)], np.float32), self._conf,
                                   self._iou, self._class_ids, boxes, labels=self.labels)
-            self.phases.calls += 1
-        self.phases.images += len(images)
         return results
 
     def close(self) -> None:

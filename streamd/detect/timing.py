@@ -14,12 +14,10 @@ from dataclasses import dataclass, field
 
 @dataclass
 class PhaseTimes:
-    """Running totals in milliseconds, and how many images they cover."""
+    """Running totals in milliseconds per phase."""
 
     ms: dict[str, float] = field(default_factory=lambda: {
         "preprocess": 0.0, "inference": 0.0, "postprocess": 0.0})
-    images: int = 0
-    calls: int = 0
 
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:

@@ -19,9 +19,9 @@ import numpy as np
 import numpy.typing as npt
 
 from streamd.detect.base import DetectorError
-from streamd.detect.boxes import nms
 from streamd.detections import Detections, FloatArray, IntArray
 from streamd.frames import Image
+from streamd.geometry import nms
 
 log = logging.getLogger(__name__)
 
@@ -70,14 +70,6 @@ def _letterbox_into(image: Image, size: int, out: FloatArray) -> Letterbox:
     np.multiply(canvas.transpose(2, 0, 1)[::-1], np.float32(1 / 255), out=out,
                 casting="unsafe")
     return Letterbox(scale, (left, top), (w, h))
-
-
-def letterbox(image: Image, size: int) -> tuple[FloatArray, float, tuple[int, int]]:
-    """One BGR image (H, W, 3) -> (tensor (3, size, size) float32 RGB 0..1, scale,
-    (pad_x, pad_y)); a model box maps back as `(xy - pad) / scale`."""
-    out = np.empty((3, size, size), np.float32)
-    lb = _letterbox_into(image, size, out)
-    return out, lb.scale, lb.pad_xy
 
 
 def letterbox_batch(images: Sequence[Image], size: int

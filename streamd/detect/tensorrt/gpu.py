@@ -30,7 +30,7 @@ import numpy as np
 import numpy.typing as npt
 
 from streamd.detect.base import DetectorError
-from streamd.detect.engine import GpuInfo
+from streamd.detect.tensorrt.key import GpuInfo
 
 log = logging.getLogger(__name__)
 

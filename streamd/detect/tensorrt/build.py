@@ -2,7 +2,7 @@
 
 `build_engine` is `streamd engine build`: parse the ONNX file (parser errors listed), set the
 workspace pool limit, one optimization profile for the dynamic batch axis (min/opt/max at
-`input_size`), the precision the installed TensorRT allows (`engine.builder_options`), INT8
+`input_size`), the precision the installed TensorRT allows (`options.builder_options`), INT8
 calibration from an image folder through the inference letterbox, a timing cache reused
 between builds, and progress lines with the elapsed time. The engine lands in the cache
 directory under a name derived from its `EngineKey`, with a JSON sidecar.
@@ -26,16 +26,23 @@ from typing import Any
 from pydantic import ValidationError
 
 from streamd import __version__
-from streamd.config import TensorRTDetectorSettings
-from streamd.detect import engine as ec
-from streamd.detect.engine import (
-    EngineError,
-    EngineKey,
-    GpuInfo,
+from streamd.detect.tensorrt.cache import CacheLookup, lookup, timing_cache_path
+from streamd.detect.tensorrt.calibration import int8_calibrator
+from streamd.detect.tensorrt.errors import EngineError
+from streamd.detect.tensorrt.gpu import CudaRuntime, import_cudart, import_tensorrt, trt_logger
+from streamd.detect.tensorrt.key import EngineKey, GpuInfo, diff_keys, file_sha256
+from streamd.detect.tensorrt.onnx_meta import onnx_metadata
+from streamd.detect.tensorrt.options import builder_options, format_parser_error, profile_shapes
+from streamd.detect.tensorrt.progress import BuildProgress, progress_monitor
+from streamd.detect.tensorrt.settings import TensorRTDetectorSettings
+from streamd.detect.tensorrt.sidecar import (
     Sidecar,
-    UltralyticsHeader,
+    atomic_write,
+    read_sidecar,
+    sidecar_for,
+    write_sidecar,
 )
-from streamd.detect.gpu import CudaRuntime, import_cudart, import_tensorrt, trt_logger
+from streamd.detect.tensorrt.ultralytics import UltralyticsHeader, read_engine_file
 from streamd.detect.yolo import parse_names
 
 log = logging.getLogger(__name__)
@@ -68,7 +75,7 @@ def build_settings(base: Any, overrides: Mapping[str, Any]) -> TensorRTDetectorS
 
 
 def _labels_from_onnx(path: Path) -> tuple[str, ...] | None:
-    meta = ec.onnx_metadata(path).get("names")
+    meta = onnx_metadata(path).get("names")
     if meta is None:
         return None
     try:
@@ -76,10 +83,6 @@ def _labels_from_onnx(path: Path) -> tuple[str, ...] | None:
     except ValueError as exc:
         log.warning("%s: names metadata ignored: %s", path, exc)
         return None
-
-
-def _is_prebuilt(settings: TensorRTDetectorSettings) -> bool:
-    return settings.model.suffix.lower() in ec.PREBUILT_SUFFIXES
 
 
 def wanted_key(settings: TensorRTDetectorSettings, tensorrt_version: str, gpu: GpuInfo,
@@ -116,7 +119,7 @@ def build_engine(settings: TensorRTDetectorSettings, *, report: Report = log.inf
                  force: bool = False) -> BuildResult:
     """Build (or find cached) the engine for `settings` on this box's GPU; `streamd engine
     build`. Raises EngineError/DetectorError with the reason."""
-    if _is_prebuilt(settings):
+    if settings.prebuilt:
         raise EngineError(f"{settings.model} is already an engine; engine build takes an "
                           "ONNX model")
     trt = import_tensorrt()
@@ -130,11 +133,11 @@ def _build_or_find(settings: TensorRTDetectorSettings, trt: Any, cuda: CudaRunti
     if not onnx.is_file():
         raise EngineError(f"detector.model: {onnx} does not exist")
     gpu = cuda.gpu()
-    key = wanted_key(settings, trt.__version__, gpu, ec.file_sha256(onnx))
+    key = wanted_key(settings, trt.__version__, gpu, file_sha256(onnx))
     engine_dir = settings.resolved_engine_dir()
-    found = ec.lookup(engine_dir, onnx.name, key)
+    found = lookup(engine_dir, onnx.name, key)
     if found.found and not force:
-        sidecar = ec.read_sidecar(found.path)
+        sidecar = read_sidecar(found.path)
         assert sidecar is not None  # lookup found it matching
         report(f"up to date: {found.path}")
         return BuildResult(found.path, sidecar, False, 0.0)
@@ -146,13 +149,13 @@ def _build_or_find(settings: TensorRTDetectorSettings, trt: Any, cuda: CudaRunti
     except OSError as exc:
         raise EngineError(f"detector.engine_dir: cannot create {engine_dir}: {exc.strerror} "
                           "(under systemd, CacheDirectory=streamd gives a writable one)") from None
-    progress = ec.BuildProgress(report)
+    progress = BuildProgress(report)
     plan = _build_plan(settings, trt, cuda, gpu, key, engine_dir, progress)
     try:
-        ec.atomic_write(found.path, plan)
-        sidecar = ec.sidecar_for(key, onnx, _labels_from_onnx(onnx), progress.elapsed_s(),
+        atomic_write(found.path, plan)
+        sidecar = sidecar_for(key, onnx, _labels_from_onnx(onnx), progress.elapsed_s(),
                                  __version__)
-        ec.write_sidecar(found.path, sidecar)
+        write_sidecar(found.path, sidecar)
     except OSError as exc:
         raise EngineError(f"cannot write the engine to {engine_dir}: {exc.strerror}") from None
     progress.line(f"engine written: {found.path} ({len(plan) / 1e6:.1f} MB, built in "
@@ -161,9 +164,9 @@ def _build_or_find(settings: TensorRTDetectorSettings, trt: Any, cuda: CudaRunti
 
 
 def _build_plan(settings: TensorRTDetectorSettings, trt: Any, cuda: CudaRuntime, gpu: GpuInfo,
-                key: EngineKey, engine_dir: Path, progress: ec.BuildProgress) -> bytes:
+                key: EngineKey, engine_dir: Path, progress: BuildProgress) -> bytes:
     """The TensorRT calls of one build; returns the serialized plan."""
-    options = ec.builder_options(trt.__version__, settings.precision)
+    options = builder_options(trt.__version__, settings.precision)
     for note in options.notes:
         log.warning("%s", note)
     logger = trt_logger(trt)
@@ -174,7 +177,7 @@ def _build_plan(settings: TensorRTDetectorSettings, trt: Any, cuda: CudaRuntime,
     parser = trt.OnnxParser(network, logger)
     progress.line(f"parsing {settings.model}")
     ok = parser.parse_from_file(str(settings.model))
-    errors = [ec.format_parser_error(parser.get_error(i)) for i in range(parser.num_errors)]
+    errors = [format_parser_error(parser.get_error(i)) for i in range(parser.num_errors)]
     if not ok or errors:
         listed = "\n  ".join(errors) or "no details from the parser"
         raise EngineError(f"TensorRT cannot parse {settings.model} ({len(errors)} "
@@ -183,7 +186,7 @@ def _build_plan(settings: TensorRTDetectorSettings, trt: Any, cuda: CudaRuntime,
         raise EngineError(f"{settings.model} has {network.num_inputs} inputs and "
                           f"{network.num_outputs} outputs; a YOLO detector has one input")
     inp = network.get_input(0)
-    lo, opt, hi = ec.profile_shapes(list(inp.shape), settings.input_size,
+    lo, opt, hi = profile_shapes(list(inp.shape), settings.input_size,
                                     settings.batch_range)
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, settings.workspace_mb << 20)
@@ -194,13 +197,13 @@ def _build_plan(settings: TensorRTDetectorSettings, trt: Any, cuda: CudaRuntime,
         config.set_flag(getattr(trt.BuilderFlag, name))
     for name in options.clear_flags:
         config.clear_flag(getattr(trt.BuilderFlag, name))
-    timing_path = ec.timing_cache_path(engine_dir, key)
+    timing_path = timing_cache_path(engine_dir, key)
     _load_timing_cache(config, timing_path, progress)
-    monitor = _progress_monitor(trt, progress)
+    monitor = progress_monitor(trt, progress)
     config.progress_monitor = monitor
     calibrator = None
     if options.calibrate:
-        calibrator = _calibrator(trt, cuda, settings, key, engine_dir, inp.name)
+        calibrator = int8_calibrator(trt, cuda, settings, key, engine_dir, inp.name)
         with warnings.catch_warnings():  # deprecated from 10.1; builder_options noted it
             warnings.simplefilter("ignore", DeprecationWarning)
             config.int8_calibrator = calibrator
@@ -224,7 +227,7 @@ def _build_plan(settings: TensorRTDetectorSettings, trt: Any, cuda: CudaRuntime,
     return bytes(memoryview(serialized))
 
 
-def _load_timing_cache(config: Any, path: Path, progress: ec.BuildProgress) -> None:
+def _load_timing_cache(config: Any, path: Path, progress: BuildProgress) -> None:
     """Kernel timings of earlier builds on this GPU and TensorRT: a rebuild (another model,
     precision or batch range) skips most of the timing that makes builds slow."""
     data = b""
@@ -243,101 +246,25 @@ def _save_timing_cache(config: Any, path: Path) -> None:
     if cache is None:
         return
     try:
-        ec.atomic_write(path, bytes(memoryview(cache.serialize())))
+        atomic_write(path, bytes(memoryview(cache.serialize())))
     except OSError as exc:
         log.warning("cannot save the timing cache %s: %s", path, exc.strerror)
-
-
-def _progress_monitor(trt: Any, progress: ec.BuildProgress) -> Any:
-    """A `trt.IProgressMonitor` that hands every callback to `progress`."""
-
-    class _Monitor(trt.IProgressMonitor):  # type: ignore[misc]
-        def __init__(self) -> None:
-            trt.IProgressMonitor.__init__(self)
-
-        def phase_start(self, phase_name: str, parent_phase: str | None,
-                        num_steps: int) -> None:
-            progress.phase_start(phase_name, parent_phase, num_steps)
-
-        def step_complete(self, phase_name: str, step: int) -> bool:
-            return progress.step_complete(phase_name, step)
-
-        def phase_finish(self, phase_name: str) -> None:
-            progress.phase_finish(phase_name)
-
-    return _Monitor()
-
-
-def _calibrator(trt: Any, cuda: CudaRuntime, settings: TensorRTDetectorSettings,
-                key: EngineKey, engine_dir: Path, input_name: str) -> Any:
-    """An INT8 entropy calibrator fed with `calibration_dir` through `letterbox_batch`, with a
-    calibration cache next to the engines (a rebuild with the same images skips it)."""
-    assert settings.calibration_dir is not None  # the settings validator requires it
-    batch = settings.batch_range[1]
-    images = ec.calibration_images(settings.calibration_dir, batch)
-    cache_path = ec.calibration_cache_path(engine_dir, key, images)
-    size = settings.input_size
-    nbytes = batch * 3 * size * size * 4
-
-    class _Calibrator(trt.IInt8EntropyCalibrator2):  # type: ignore[misc]
-        def __init__(self) -> None:
-            trt.IInt8EntropyCalibrator2.__init__(self)
-            self._batches = ec.calibration_batches(images, size, batch)
-            self._device = cuda.malloc(nbytes)
-            self._count = 0
-
-        def get_batch_size(self) -> int:
-            return batch
-
-        def get_batch(self, names: list[str]) -> list[int] | None:
-            # Called from inside TensorRT: an exception here would not reach the caller.
-            try:
-                tensor = next(self._batches, None)
-                if tensor is None or input_name not in names:
-                    return None
-                cuda.copy_to_device_sync(self._device, tensor.ctypes.data, tensor.nbytes)
-            except Exception:
-                log.exception("calibration batch failed; calibration stops here")
-                return None
-            self._count += 1
-            log.info("calibration batch %d (%d images)", self._count, batch)
-            return [self._device]
-
-        def read_calibration_cache(self) -> bytes | None:
-            if cache_path.is_file():
-                log.info("calibration cache: %s", cache_path)
-                return cache_path.read_bytes()
-            return None
-
-        def write_calibration_cache(self, cache: Any) -> None:
-            try:
-                ec.atomic_write(cache_path, bytes(memoryview(cache)))
-            except OSError as exc:
-                log.warning("cannot save the calibration cache %s: %s", cache_path,
-                            exc.strerror)
-
-        def free(self) -> None:
-            if self._device:
-                cuda.free(self._device)
-                self._device = 0
-
-    return _Calibrator()
 
 
 def ensure_engine(settings: TensorRTDetectorSettings, trt: Any, cuda: CudaRuntime, *,
                   report: Report = log.info) -> EngineFile:
     """The engine the daemon should load for `settings` on this GPU: cached, built now
     (`build: auto`), or refused with what differs (`build: never`)."""
-    if _is_prebuilt(settings):
+    if settings.prebuilt:
         return _prebuilt(settings.model, trt.__version__, cuda.gpu())
     onnx = settings.model
     if not onnx.is_file():
         raise EngineError(f"detector.model: {onnx} does not exist")
-    key = wanted_key(settings, trt.__version__, cuda.gpu(), ec.file_sha256(onnx))
+    key = wanted_key(settings, trt.__version__, cuda.gpu(), file_sha256(onnx))
     engine_dir = settings.resolved_engine_dir()
-    found = ec.lookup(engine_dir, onnx.name, key)
+    found = lookup(engine_dir, onnx.name, key)
     if found.found:
-        sidecar = ec.read_sidecar(found.path)
+        sidecar = read_sidecar(found.path)
     elif settings.build == "never":
         raise EngineError(_missing_message(found, engine_dir, onnx))
     else:
@@ -352,7 +279,7 @@ def ensure_engine(settings: TensorRTDetectorSettings, trt: Any, cuda: CudaRuntim
                       key.input_shape[1:])
 
 
-def _missing_message(found: ec.CacheLookup, engine_dir: Path, onnx: Path) -> str:
+def _missing_message(found: CacheLookup, engine_dir: Path, onnx: Path) -> str:
     fix = ("run `streamd engine build -c CONFIG` (as the service user, so the engine lands in "
            "its engine_dir) or set detector.build: auto")
     if found.closest is None:
@@ -369,12 +296,12 @@ def _prebuilt(path: Path, tensorrt_version: str, gpu: GpuInfo) -> EngineFile:
     if not path.is_file():
         raise EngineError(f"detector.model: {path} does not exist")
     header: UltralyticsHeader | None
-    header, plan = ec.read_engine_file(path)
-    sidecar = ec.read_sidecar(path)
+    header, plan = read_engine_file(path)
+    sidecar = read_sidecar(path)
     if sidecar is not None:
         here = dataclasses.replace(sidecar.key, tensorrt=tensorrt_version, gpu_name=gpu.name,
                                    compute_capability=gpu.compute_capability)
-        diffs = ec.diff_keys(here, sidecar.key)
+        diffs = diff_keys(here, sidecar.key)
         if diffs:
             raise EngineError(f"detector.model: {path} was built for another box: "
                               f"{'; '.join(diffs)}; rebuild it here from the ONNX model "

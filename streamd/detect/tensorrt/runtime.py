@@ -1,7 +1,6 @@
-"""TensorRT backend: a YOLO engine on an NVIDIA GPU (Jetson or discrete), the production
-detector on those boxes.
+"""The TensorRT detector at runtime: a YOLO engine on an NVIDIA GPU (Jetson or discrete).
 
-The engine comes from `streamd.detect.build.ensure_engine` (cached, built, or a ready
+The engine comes from `streamd.detect.tensorrt.build.ensure_engine` (cached, built, or a ready
 `.engine` file). Inference uses TensorRT 10's name-based I/O: the one input and the outputs
 are found by name and mode, the batch goes into `set_input_shape`, buffers are bound with
 `set_tensor_address` and the work is queued with `execute_async_v3` on one CUDA stream,
@@ -24,19 +23,23 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from streamd.config import TensorRTDetectorSettings
 from streamd.detect.base import DetectorError, class_ids
-from streamd.detect.build import EngineFile, ensure_engine
-from streamd.detect.gpu import CudaRuntime, host_view, import_cudart, import_tensorrt, trt_logger
 from streamd.detect.onnxruntime import anchor_count
+from streamd.detect.tensorrt.build import EngineFile, ensure_engine
+from streamd.detect.tensorrt.gpu import (
+    CudaRuntime,
+    host_view,
+    import_cudart,
+    import_tensorrt,
+    trt_logger,
+)
+from streamd.detect.tensorrt.settings import TensorRTDetectorSettings
 from streamd.detect.timing import PhaseTimes
 from streamd.detect.yolo import decode, letterbox_batch, resolve_labels
 from streamd.detections import Detections
 from streamd.frames import Image
 
 log = logging.getLogger(__name__)
-
-KEY = "tensorrt"
 
 
 def grown_capacity(current: int, needed: int, limit: int) -> int:
@@ -271,8 +274,6 @@ class TensorRTDetector:
             with self.phases.phase("postprocess"):
                 results += decode(out, self._conf, self._iou, self._class_ids, boxes,
                                   labels=self.labels)
-            self.phases.calls += 1
-        self.phases.images += len(images)
         return results
 
     def close(self) -> None:
