@@ -1,7 +1,9 @@
 """`streamd run | check | watch | bench | engine build | export`: the operator's entry points.
 
 Exit codes are part of the interface: 0 done (or drained after SIGTERM/SIGINT), 1 a
-startup failure the log explains (model file unusable, …), 2 an invalid config.
+startup failure the log explains (model file unusable, …), 2 an invalid config, 75
+(EX_TEMPFAIL) every camera ended but the broker did not take every message within
+`mqtt.drain_timeout_s` (they stay in the outbox; systemd's Restart=on-failure retries).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from streamd import __version__, config
 
 log = logging.getLogger("streamd")
 
-EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
+EXIT_OK, EXIT_FAILURE, EXIT_CONFIG, EXIT_TEMPFAIL = 0, 1, 2, 75
 
 
 def _setup_logging(level: str) -> None:
@@ -79,10 +81,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGHUP, on_hup)
     try:
-        return app.run()
+        code = app.run()
     except (DetectorError, DescriberError, MetricsError) as exc:
         log.error("cannot start: %s", exc)
         return EXIT_FAILURE
+    if app.abandoned:
+        # A worker is still stuck in native code (a detector call, a source read). Normal
+        # interpreter teardown would run library destructors under it, which can hang or
+        # crash past the stop timeout; everything that matters is flushed already.
+        log.warning("exiting with worker threads still stuck")
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
@@ -101,7 +113,7 @@ def _progress(line: str) -> None:
 def cmd_engine_build(args: argparse.Namespace) -> int:
     """ONNX -> TensorRT engine in the engine cache; prints the engine's path on stdout."""
     from streamd.detect import DetectorError
-    from streamd.detect.build import BUILD_OVERRIDES, build_engine, build_settings
+    from streamd.detect.tensorrt.build import BUILD_OVERRIDES, build_engine, build_settings
 
     base = None
     if args.config is not None:

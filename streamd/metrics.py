@@ -13,16 +13,28 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import Field
+
+from streamd.contract import CameraState
+from streamd.settings import StrictModel
+
 log = logging.getLogger(__name__)
 
-STATES = ("starting", "streaming", "reconnecting", "ended", "stopped")
+
+class MetricsSettings(StrictModel):
+    """`metrics:`: the optional Prometheus endpoint."""
+
+    prometheus_port: int | None = Field(
+        None, ge=1, le=65535, description="Serve Prometheus text on this port (needs "
+        "`pip install streamd[metrics]`); unset: no endpoint.")
+    host: str = Field("127.0.0.1", description="Address to listen on; 0.0.0.0 for all.")
 
 
 @dataclass
 class CameraFigures:
     """Cumulative figures of one camera since start."""
 
-    state: str
+    state: CameraState
     frames_in: int
     frames_analysed: int
     dropped: int
@@ -31,6 +43,7 @@ class CameraFigures:
     reconnects: int
     stage_ms: dict[str, float] = field(default_factory=dict)
     latency_ms: dict[str, float] | None = None
+    analysis_errors: int = 0
 
 
 @dataclass
@@ -41,6 +54,8 @@ class Figures:
     mqtt_connected: bool
     detector_batches: int = 0
     detector_crops: int = 0
+    detector_errors: dict[str, int] = field(default_factory=dict)
+    """Frames the detector failed on, by kind (exception class, `timeout`)."""
     describer: dict[str, float] = field(default_factory=dict)
     """The describer's numeric figures (offered, described, dropped, cache_hit_rate, …)."""
 
@@ -89,6 +104,7 @@ class _Collector:
             "skipped": "Frames skipped by the fps cap",
             "decode_errors": "Frames that failed to decode",
             "reconnects": "Source reconnects",
+            "analysis_errors": "Frames whose analysis failed (logged once per kind)",
         }
         for key, doc in counters.items():
             m = CounterMetricFamily(f"streamd_{key}", doc, labels=["camera"])
@@ -106,8 +122,8 @@ class _Collector:
                 stage.add_metric([name, key], ms / 1000.0)
             for q, v in (cam.latency_ms or {}).items():
                 latency.add_metric([name, q], v)
-            for s in STATES:
-                state.add_metric([name, s], float(cam.state == s))
+            for s in CameraState:
+                state.add_metric([name, s.value], float(cam.state is s))
         yield from (stage, latency, state)
         yield GaugeMetricFamily("streamd_mqtt_pending", "Messages not yet acknowledged",
                                 value=f.mqtt_pending)
@@ -122,6 +138,11 @@ class _Collector:
                                   value=f.detector_batches)
         yield CounterMetricFamily("streamd_detector_crops", "Images sent to the detector",
                                   value=f.detector_crops)
+        errors = CounterMetricFamily("streamd_detector_errors", "Frames the detector failed "
+                                     "on, by kind (exception class, timeout)", labels=["kind"])
+        for kind, n in f.detector_errors.items():
+            errors.add_metric([kind], n)
+        yield errors
         describer = GaugeMetricFamily("streamd_describer", "Describer figures, as in the "
                                       "stats topic", labels=["figure"])
         for key, value in f.describer.items():

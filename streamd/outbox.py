@@ -8,9 +8,10 @@ order, which is the order callers published them in, so per-topic `seq` order su
 outages and restarts.
 
 The bound is `max_messages` and `max_bytes` (payload bytes). Past either, the oldest rows
-not yet handed to paho are dropped by kind — snapshots first, then stats, detections,
-descriptions — and counted; status rows are never dropped (there are at most a handful per
-camera and they carry the state a dashboard shows).
+not yet handed to paho are dropped by kind, in `streamd.contract.DROP_ORDER` (each `Kind`
+declares its rank: snapshots first, then stats, detections, descriptions), and counted;
+status rows are never dropped (there are at most a handful per camera and they carry the
+state a dashboard shows).
 
 Durability: `synchronous=NORMAL` in WAL mode survives a daemon crash or kill; a power cut may
 lose the last transactions (the ones the OS had not written), which is the trade for not
@@ -26,9 +27,9 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-log = logging.getLogger(__name__)
+from streamd.contract import DROP_ORDER, Kind
 
-DROP_ORDER = ("snapshot", "stats", "detections", "descriptions")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -79,21 +80,17 @@ class Outbox:
     def __len__(self) -> int:
         return int(self._count)
 
-    @property
-    def size_bytes(self) -> int:
-        """Payload bytes stored."""
-        return int(self._bytes)
-
     def last_id(self) -> int:
         """The newest stored id (0 if empty)."""
         with self._lock:
             row = self._conn().execute("SELECT COALESCE(MAX(id), 0) FROM outbox").fetchone()
         return int(row[0])
 
-    def put(self, topic: str, payload: bytes, qos: int, retain: bool, kind: str,
+    def put(self, topic: str, payload: bytes, qos: int, retain: bool, kind: Kind | str,
             camera: str | None, sent_up_to: int) -> int:
         """Store a message; make room first if the bound is reached. Rows with
         `id <= sent_up_to` are with paho already and are never dropped. Returns the id."""
+        kind = Kind(kind)
         with self._lock:
             db = self._conn()
             while (self._count >= self.max_messages
@@ -102,7 +99,8 @@ class Outbox:
                     break
             cur = db.execute(
                 "INSERT INTO outbox (topic, payload, qos, retain, kind, camera) "
-                "VALUES (?, ?, ?, ?, ?, ?)", (topic, payload, qos, int(retain), kind, camera))
+                "VALUES (?, ?, ?, ?, ?, ?)", (topic, payload, qos, int(retain), kind.value,
+                                               camera))
             self._count += 1
             self._bytes += len(payload)
             return int(cur.lastrowid or 0)
@@ -110,15 +108,15 @@ class Outbox:
     def _drop_one(self, db: sqlite3.Connection, sent_up_to: int) -> bool:
         for kind in DROP_ORDER:
             row = db.execute("SELECT id, LENGTH(payload) FROM outbox WHERE kind = ? AND id > ? "
-                             "ORDER BY id LIMIT 1", (kind, sent_up_to)).fetchone()
+                             "ORDER BY id LIMIT 1", (kind.value, sent_up_to)).fetchone()
             if row is not None:
                 db.execute("DELETE FROM outbox WHERE id = ?", (row[0],))
                 self._count -= 1
                 self._bytes -= row[1]
-                if not self.dropped[kind]:
+                if not self.dropped[kind.value]:
                     log.warning("outbox full (%d messages, %d bytes): dropping oldest %s",
-                                self._count + 1, self._bytes + row[1], kind)
-                self.dropped[kind] += 1
+                                self._count + 1, self._bytes + row[1], kind.value)
+                self.dropped[kind.value] += 1
                 return True
         return False
 

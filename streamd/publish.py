@@ -1,54 +1,40 @@
-"""The MQTT side: contract v1 topics and payloads, per-(camera, topic) `seq`, LWT, ordering.
+"""The MQTT side: per-(camera, kind) `seq`, the durable outbox, ordering, acknowledgements.
 
 Callers never block on the network: `publish_camera()` stamps the message with its `seq`
-and stores it in the durable `Outbox` (SQLite, in the state directory); a pump thread hands
-stored messages to paho in order, only while connected, with a bounded number awaiting
-PUBACK, and deletes each one when the broker acknowledged it. Broker outages and daemon
-restarts therefore lose nothing up to the outbox bound (see `streamd.outbox`).
+(payloads come from `streamd.contract`) and stores it in the durable `Outbox` (SQLite, in
+the state directory); a pump thread hands stored messages to the MQTT client in order, only
+while connected, with a bounded number awaiting PUBACK, and deletes each one when the
+broker acknowledged it. Broker outages and daemon restarts therefore lose nothing up to the
+outbox bound (see `streamd.outbox`). The client comes from a factory passed in
+(`streamd.mqttclient`), paho by default.
 """
 
 from __future__ import annotations
 
 import collections
-import json
 import logging
-import ssl
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any
 
 import numpy as np
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.reasoncodes import ReasonCode
 from pydantic import SecretStr
 
+from streamd import contract
 from streamd.config import Settings
+from streamd.contract import CameraState, Kind, MessageListener
+from streamd.mqttclient import ClientFactory, ClientHandlers, ClientOptions, PahoClient
 from streamd.outbox import Outbox, Row
-from streamd.redact import redact
 from streamd.state import Counter, StateStore
 
 log = logging.getLogger(__name__)
 
-CONTRACT_VERSION = 1
 EARLY_ACK_TTL_S = 5.0
-"""The pump records a mid milliseconds after paho hands it out; paho would need 65 535
-messages to reuse one. An early acknowledgement older than this belongs to an old mid."""
-
-def encode(payload: dict[str, Any]) -> bytes:
-    """Compact JSON; numpy scalars and arrays become plain numbers and lists."""
-
-    def default(o: object) -> object:
-        if isinstance(o, np.generic):
-            return o.item()
-        if isinstance(o, np.ndarray):
-            return o.tolist()
-        raise TypeError(f"not JSON serialisable: {type(o).__name__}")
-
-    return json.dumps(payload, separators=(",", ":"), default=default,
-                      ensure_ascii=False).encode()
+"""The pump records a mid milliseconds after the client hands it out; paho would need
+65 535 messages to reuse one. An early acknowledgement older than this belongs to an old
+mid."""
 
 
 class LatencyWindow:
@@ -72,28 +58,46 @@ class LatencyWindow:
                 "p99": round(float(p99), 1)}
 
 
+def client_options(settings: Settings, password: SecretStr | None) -> ClientOptions:
+    m = settings.mqtt
+    tls = m.tls
+    return ClientOptions(
+        host=m.host, port=m.port, client_id=settings.client_id, keepalive_s=m.keepalive_s,
+        will_topic=contract.site_topic(settings.topic_prefix),
+        will_payload=contract.SITE_OFFLINE, username=m.username,
+        password=password.get_secret_value() if password is not None else None,
+        tls=tls is not None, ca_file=tls.ca_file if tls else None,
+        cert_file=tls.cert_file if tls else None, key_file=tls.key_file if tls else None)
+
+
 class Publisher:
-    """Publishes the contract's topics; `start()` returns self, `stop()` flushes then closes."""
+    """Publishes the contract's topics; `start()` returns self, `stop()` flushes then closes.
+
+    `on_snapshot_request(camera)` is called (network thread) for every message on
+    `<prefix>/<camera>/snapshot/request`. Listeners (`add_listener`) see every camera
+    message as it goes on the wire.
+    """
 
     def __init__(self, settings: Settings, password: SecretStr | None, state: StateStore,
-                 max_inflight: int = 64) -> None:
+                 *, client_factory: ClientFactory = PahoClient, max_inflight: int = 64,
+                 on_snapshot_request: Callable[[str], None] | None = None) -> None:
         self.settings = settings
         self.prefix = settings.topic_prefix
         self._m = settings.mqtt
         self._state = state
-        self._seq: dict[tuple[str, str], Counter] = {}
+        self._seq: dict[tuple[str, Kind], Counter] = {}
         self.outbox = Outbox(settings.resolved_state_dir() / "outbox.sqlite",
                              settings.mqtt.max_pending, settings.mqtt.max_pending_bytes)
         self._cursor = 0
-        """Highest outbox id handed to paho in this process."""
+        """Highest outbox id handed to the client in this process."""
         self._last_put = self.outbox.last_id()
         """Highest outbox id stored; a backlog from a previous run is sent first."""
         self._inflight: dict[int, int] = {}
-        """paho mid → outbox id, for QoS >= 1 messages awaiting PUBACK."""
+        """mid → outbox id, for QoS >= 1 messages awaiting PUBACK."""
         self._early_acks: dict[int, float] = {}
-        """mid → monotonic time of an on_publish that came before the pump recorded the mid
-        (or that belongs to a message nobody records: QoS 0, online/offline). Only a fresh
-        entry counts: paho reuses mids, and a stale one must never acknowledge a new
+        """mid → monotonic time of an acknowledgement that came before the pump recorded the
+        mid (or that belongs to a message nobody records: QoS 0, online/offline). Only a
+        fresh entry counts: mids are reused, and a stale one must never acknowledge a new
         message before its PUBACK."""
         self._origins: dict[int, tuple[str, float]] = {}
         """outbox id → (camera, capture monotonic time), for capture→publish latency."""
@@ -102,47 +106,36 @@ class Publisher:
         self._stopping = False
         self._connected = False
         self._closed = False
+        self._listeners: list[MessageListener] = []
         self.latency: dict[str, LatencyWindow] = collections.defaultdict(LatencyWindow)
-        self.on_snapshot_request: Callable[[str], None] | None = None
-        """Called (network thread) with the camera named by `<prefix>/<camera>/snapshot/request`."""
-        self._client = self._make_client(password)
+        self._on_snapshot_request = on_snapshot_request
+        self._client = client_factory(client_options(settings, password), ClientHandlers(
+            self._on_connect, self._on_disconnect, self._on_publish, self._on_message))
         self._pump = threading.Thread(target=self._run, name="mqtt-pump", daemon=True)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    def _make_client(self, password: SecretStr | None) -> mqtt.Client:
-        m = self._m
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.settings.client_id,
-                             protocol=mqtt.MQTTv311, clean_session=True)
-        if m.username is not None:
-            client.username_pw_set(m.username,
-                                   password.get_secret_value() if password else None)
-        if m.tls is not None:
-            client.tls_set(ca_certs=str(m.tls.ca_file) if m.tls.ca_file else None,
-                           certfile=str(m.tls.cert_file) if m.tls.cert_file else None,
-                           keyfile=str(m.tls.key_file) if m.tls.key_file else None,
-                           cert_reqs=ssl.CERT_REQUIRED)
-        client.will_set(f"{self.prefix}/status", "offline", qos=1, retain=True)
-        client.reconnect_delay_set(min_delay=1, max_delay=4)
-        client.max_queued_messages_set(0)
-        client.on_connect = self._on_connect
-        client.on_disconnect = self._on_disconnect
-        client.on_publish = self._on_publish
-        client.on_message = self._on_message
-        return client
-
     def start(self) -> Publisher:
         log.info("mqtt connecting host=%s port=%d client_id=%s prefix=%s", self._m.host,
                  self._m.port, self.settings.client_id, self.prefix)
-        self._client.connect_async(self._m.host, self._m.port, keepalive=self._m.keepalive_s)
-        self._client.loop_start()
+        self._client.connect()
         self._pump.start()
         return self
 
-    def stop(self, flush_timeout_s: float = 5.0) -> None:
-        """Flush what is pending (bounded wait), say `offline`, disconnect. Idempotent."""
+    def drain(self, timeout_s: float) -> int:
+        """Wait (the client reconnecting meanwhile) until the broker acknowledged everything
+        stored, at most `timeout_s`; returns how many messages are still waiting."""
+        deadline = time.monotonic() + timeout_s
+        with self._cond:
+            while len(self.outbox) and (left := deadline - time.monotonic()) > 0:
+                self._cond.wait(left)
+            return len(self.outbox)
+
+    def stop(self, flush_timeout_s: float = 5.0) -> int:
+        """Flush what is pending while connected (bounded wait), say `offline`, disconnect.
+        Returns the messages left in the outbox for the next start. Idempotent."""
         if self._closed:
-            return
+            return 0
         self._closed = True
         deadline = time.monotonic() + flush_timeout_s
         with self._cond:
@@ -159,16 +152,15 @@ class Publisher:
             log.warning("mqtt stopping with %d messages not acknowledged; they stay in %s "
                         "and are sent after the next start", pending, self.outbox.path)
         if self._connected:
-            info = self._client.publish(f"{self.prefix}/status", "offline", qos=1, retain=True)
-            try:
-                info.wait_for_publish(max(0.5, deadline - time.monotonic()))
-            except (RuntimeError, ValueError) as exc:
-                log.warning("mqtt could not publish offline: %s", exc)
-        self._client.disconnect()
-        self._client.loop_stop()
+            mid = self._client.publish(contract.site_topic(self.prefix), contract.SITE_OFFLINE,
+                                       qos=1, retain=True)
+            if mid is None or not self._wait_ack(mid, max(0.5, deadline - time.monotonic())):
+                log.warning("mqtt could not confirm offline before disconnecting")
+        self._client.close()
         self.outbox.close()
         for counter in self._seq.values():
             counter.commit()
+        return pending
 
     def __enter__(self) -> Publisher:
         return self.start()
@@ -188,45 +180,64 @@ class Publisher:
 
     @property
     def dropped(self) -> collections.Counter[str]:
-        """Messages dropped by the outbox bound, by kind."""
+        """Messages dropped by the outbox bound (or published after stop), by kind."""
         return self.outbox.dropped
+
+    def add_listener(self, listener: MessageListener) -> None:
+        """Call `listener(camera, kind, payload)` for every camera message (detections,
+        descriptions, stats, status) once it is stamped and stored. Listeners run in the
+        publishing thread and must not block; their exceptions are logged, never raised."""
+        with self._cond:
+            self._listeners = [*self._listeners, listener]
 
     # -- publishing --------------------------------------------------------------------------
 
-    def publish_camera(self, camera: str, topic: str, payload: dict[str, Any], *,
+    def publish_camera(self, camera: str, kind: Kind | str, payload: Mapping[str, Any], *,
                        qos: int | None = None, retain: bool = False,
                        origin_mono: float | None = None) -> int:
-        """Queue a per-camera message with the next `seq` of (camera, topic); return it."""
-        key = (camera, topic)
+        """Queue a per-camera message with the next `seq` of (camera, kind); return it."""
+        kind = Kind(kind)
         with self._cond:
-            counter = self._seq.get(key)
+            counter = self._seq.get((camera, kind))
             if counter is None:
-                counter = self._seq[key] = self._state.counter(f"seq/{camera}/{topic}")
-            seq = counter.next()
-            body = {"v": CONTRACT_VERSION, "camera": camera, **payload, "seq": seq}
-            self._enqueue(f"{self.prefix}/{camera}/{topic}", encode(body),
-                          self._m.qos if qos is None else qos, retain, topic, camera,
-                          origin_mono)
-        return seq
+                counter = self._seq[camera, kind] = self._state.counter(
+                    f"seq/{camera}/{kind.value}")
+            body = contract.stamp(camera, payload, counter.next())
+            self._enqueue(contract.camera_topic(self.prefix, camera, kind),
+                          contract.encode(body), self._m.qos if qos is None else qos, retain,
+                          kind, camera, origin_mono)
+            listeners = self._listeners
+        self._notify(listeners, camera, kind, body)
+        return int(body["seq"])
 
     def publish_snapshot(self, camera: str, jpeg: bytes) -> None:
         """Retained annotated JPEG on `<prefix>/<camera>/snapshot` (binary, no seq)."""
         with self._cond:
-            self._enqueue(f"{self.prefix}/{camera}/snapshot", jpeg, self._m.qos, True,
-                          "snapshot", camera, None)
+            self._enqueue(contract.camera_topic(self.prefix, camera, Kind.SNAPSHOT), jpeg,
+                          self._m.qos, True, Kind.SNAPSHOT, camera, None)
 
-    def publish_status(self, camera: str, state: str, reason: str | None) -> None:
-        """Retained camera state; `reason` is redacted (it may quote a source URL)."""
-        body = {"v": CONTRACT_VERSION, "camera": camera, "state": state,
-                "since": round(time.time(), 6), "reason": redact(reason) if reason else None}
+    def publish_status(self, camera: str, state: CameraState | str, reason: str | None) -> None:
+        """Retained camera state; the reason is redacted (it may quote a source URL)."""
+        body = contract.status(camera, CameraState(state), reason)
         with self._cond:
-            self._enqueue(f"{self.prefix}/{camera}/status", encode(body), self._m.qos, True,
-                          "status", camera, None)
+            self._enqueue(contract.camera_topic(self.prefix, camera, Kind.STATUS),
+                          contract.encode(body), self._m.qos, True, Kind.STATUS, camera, None)
+            listeners = self._listeners
+        self._notify(listeners, camera, Kind.STATUS, body)
 
-    def _enqueue(self, topic: str, payload: bytes, qos: int, retain: bool, kind: str,
+    def _notify(self, listeners: list[MessageListener], camera: str, kind: Kind,
+                body: Mapping[str, Any]) -> None:
+        for listener in listeners:
+            try:
+                listener(camera, kind, body)
+            except Exception:
+                log.exception("message listener %r failed on %s/%s", listener, camera,
+                              kind.value)
+
+    def _enqueue(self, topic: str, payload: bytes, qos: int, retain: bool, kind: Kind,
                  camera: str | None, origin_mono: float | None) -> None:
         if self._stopping:
-            self.outbox.dropped[kind] += 1
+            self.outbox.dropped[kind.value] += 1
             return
         row_id = self.outbox.put(topic, payload, qos, retain, kind, camera, self._cursor)
         self._last_put = max(self._last_put, row_id)
@@ -235,8 +246,8 @@ class Publisher:
         self._cond.notify_all()
 
     def _run(self) -> None:
-        """Hand stored messages to paho in order. paho's own lock is taken inside
-        `publish()` and held around `on_publish`, so ours is never held across the call."""
+        """Hand stored messages to the client in order. paho takes its own lock inside
+        `publish()` and holds it around `on_publish`, so ours is never held across the call."""
         batch: collections.deque[Row] = collections.deque()
         while True:
             with self._cond:
@@ -254,20 +265,19 @@ class Publisher:
                                                              self.outbox.last_id()))
                     continue
             row = batch.popleft()
-            info = self._client.publish(row.topic, row.payload, qos=row.qos, retain=row.retain)
-            if info.rc == mqtt.MQTT_ERR_NO_CONN and row.qos == 0:
-                # paho keeps QoS>=1 messages for after the reconnect; QoS 0 it discards.
+            mid = self._client.publish(row.topic, row.payload, row.qos, row.retain)
+            if mid is None:  # not connected, QoS 0: the client dropped it, send it again
                 batch.appendleft(row)
                 with self._cond:
                     self._connected = False
                 continue
             with self._cond:
                 self._cursor = row.id
-                early = self._early_acks.pop(info.mid, None)
+                early = self._early_acks.pop(mid, None)
                 acked = row.qos == 0 or (
                     early is not None and time.monotonic() - early < EARLY_ACK_TTL_S)
                 if not acked:
-                    self._inflight[info.mid] = row.id
+                    self._inflight[mid] = row.id
                 origin = self._origins.pop(row.id, None)
             if acked:
                 self._acked(row.id)
@@ -277,41 +287,48 @@ class Publisher:
     def _acked(self, row_id: int) -> None:
         self.outbox.remove(row_id)
         with self._cond:
-            self._cond.notify_all()  # stop() may be waiting for the outbox to empty
+            self._cond.notify_all()  # stop() and drain() may be waiting for the outbox
 
-    # -- paho callbacks (network thread) -----------------------------------------------------
+    def _wait_ack(self, mid: int, timeout_s: float) -> bool:
+        """Wait for the acknowledgement of a message the pump does not track (offline)."""
+        deadline = time.monotonic() + timeout_s
+        with self._cond:
+            while (left := deadline - time.monotonic()) > 0:
+                if self._early_acks.pop(mid, None) is not None:
+                    return True
+                self._cond.wait(left)
+        return False
 
-    def _on_connect(self, client: mqtt.Client, userdata: object, flags: object,
-                    reason_code: ReasonCode, properties: object) -> None:
-        if reason_code.is_failure:
+    # -- client callbacks (network thread) ---------------------------------------------------
+
+    def _on_connect(self, refused: str | None) -> None:
+        if refused is not None:
             log.error("mqtt connect refused host=%s port=%d reason=%s", self._m.host,
-                      self._m.port, reason_code)
+                      self._m.port, refused)
             return
         log.info("mqtt connected host=%s port=%d", self._m.host, self._m.port)
-        client.publish(f"{self.prefix}/status", "online", qos=1, retain=True)
-        client.subscribe(f"{self.prefix}/+/snapshot/request", qos=1)
+        self._client.publish(contract.site_topic(self.prefix), contract.SITE_ONLINE, qos=1,
+                             retain=True)
+        self._client.subscribe(contract.snapshot_request_filter(self.prefix), qos=1)
         with self._cond:
             self._connected = True
             self._cond.notify_all()
 
-    def _on_disconnect(self, client: mqtt.Client, userdata: object, flags: object,
-                       reason_code: ReasonCode, properties: object) -> None:
+    def _on_disconnect(self, reason: str) -> None:
         with self._cond:
             was = self._connected
             self._connected = False
             self._cond.notify_all()
         if was and not self._closed:
-            log.warning("mqtt disconnected reason=%s; reconnecting", reason_code)
+            log.warning("mqtt disconnected reason=%s; reconnecting", reason)
 
-    def _on_message(self, client: mqtt.Client, userdata: object,
-                    msg: mqtt.MQTTMessage) -> None:
-        """The only command topic: a snapshot request, routed to the app as is."""
-        camera = msg.topic[len(self.prefix) + 1:].split("/", 1)[0]
-        if self.on_snapshot_request is not None and not msg.retain:
-            self.on_snapshot_request(camera)
+    def _on_message(self, topic: str, payload: bytes, retained: bool) -> None:
+        """The only command topic: a snapshot request, routed as is."""
+        camera = topic[len(self.prefix) + 1:].split("/", 1)[0]
+        if self._on_snapshot_request is not None and not retained:
+            self._on_snapshot_request(camera)
 
-    def _on_publish(self, client: mqtt.Client, userdata: object, mid: int,
-                    reason_code: ReasonCode, properties: object) -> None:
+    def _on_publish(self, mid: int) -> None:
         with self._cond:
             row_id = self._inflight.pop(mid, None)
             if row_id is None:  # before the pump recorded it, or a message nobody records
@@ -320,5 +337,6 @@ class Publisher:
                     self._early_acks = {m: t for m, t in self._early_acks.items()
                                         if now - t < EARLY_ACK_TTL_S}
                 self._early_acks[mid] = now
+                self._cond.notify_all()
                 return
         self._acked(row_id)
