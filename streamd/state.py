@@ -44,6 +44,7 @@ class StateStore:
         self._marks: dict[str, int] = {}
         self._generation = 0  # bumped by every update
         self._written = 0  # the generation on disk: updates up to it are durable
+        self._failing = False  # the last write failed (logged once, until one succeeds)
         try:
             directory.mkdir(parents=True, exist_ok=True)
             self._remove_stale_temp_files()
@@ -66,9 +67,9 @@ class StateStore:
         with self._lock:
             return self._marks.get(name, 0)
 
-    def set_marks(self, marks: dict[str, int]) -> None:
-        """Record `marks` and return once a snapshot holding them is on disk (or the write
-        failed and was logged).
+    def set_marks(self, marks: dict[str, int]) -> bool:
+        """Record `marks`; True once a snapshot holding them is on disk, False if the write
+        failed (logged when writes start failing and when they work again).
 
         Callers hand out values up to a mark only after this returns, so the file must never
         go back to a snapshot taken before: writers queue on `_write_lock`, each takes its
@@ -83,13 +84,20 @@ class StateStore:
                 generation = self._generation
                 snapshot = dict(self._marks)
             if generation <= self._written:
-                return
+                return True
             try:
                 self._write(snapshot)
             except OSError as exc:
-                log.error("cannot write state file %s: %s", self.path, exc)
-                return
+                if not self._failing:
+                    log.error("cannot write state file %s: %s (retrying; a crash before it "
+                              "works again may repeat frame_id/seq values)", self.path, exc)
+                self._failing = True
+                return False
+            if self._failing:
+                log.warning("state file %s written again", self.path)
+                self._failing = False
             self._written = generation
+            return True
 
     def _write(self, snapshot: dict[str, int]) -> None:
         fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, suffix=_TMP_SUFFIX, dir=self.directory)
@@ -130,9 +138,11 @@ class Counter:
     def next(self) -> int:
         with self._lock:
             self._value += 1
-            if self._value > self._reserved:
+            # A failed write leaves the reservation where it was, so the next value retries
+            # it: the daemon keeps running on a full disk and is covered again once it works.
+            if self._value > self._reserved and \
+                    self._store.set_marks({self.name: self._value + RESERVE}):
                 self._reserved = self._value + RESERVE
-                self._store.set_marks({self.name: self._reserved})
             return self._value
 
     @property

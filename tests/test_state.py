@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -52,7 +53,7 @@ def test_concurrent_set_marks_never_fail_and_the_file_keeps_the_newest(
     threads collided (ENOENT on rename) and an older snapshot could be renamed last; after a
     crash a counter then resumed below values it had already handed out."""
     store = StateStore(tmp_path)
-    threads, rounds = 8, 150
+    threads, rounds = 6, 25
     start = threading.Barrier(threads)
 
     def hammer(t: int) -> None:
@@ -96,3 +97,22 @@ def test_leftover_temp_file_from_a_killed_writer_is_removed(tmp_path: Path) -> N
     store = StateStore(tmp_path)
     assert store.mark("a") == 5
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_failed_reservation_is_retried_and_logged_once(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A reservation whose write failed (disk full, directory gone) must not count as made:
+    the next value retries it, so once the disk works again a crash still resumes above."""
+    state = tmp_path / "state"
+    c = StateStore(state).counter("frame_id/cam")
+    c.next()
+    shutil.rmtree(state)  # every write now fails (also as root, unlike a read-only mode)
+    with caplog.at_level(logging.WARNING, logger="streamd.state"):
+        for _ in range(RESERVE + 10):
+            c.next()
+        errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+        assert len(errors) == 1, "a failing disk must be reported once, not once per frame"
+        state.mkdir()
+        last = c.next()
+    assert "written again" in caplog.text
+    assert StateStore(state).counter("frame_id/cam").next() > last
