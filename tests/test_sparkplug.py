@@ -27,7 +27,14 @@ from streamd.sparkplug.node import EdgeNode, NodeInfo
 from streamd.sparkplug.settings import SparkplugSettings
 from tests.helpers.mqtt import Mosquitto
 from tests.helpers.procs import die_with_parent
-from tests.helpers.sparkplug import BOOLEAN, PrimaryHost, SpMessage, decode, schema, value
+from tests.helpers.sparkplug import (
+    BOOLEAN,
+    PrimaryHost,
+    assert_seq_continuous,
+    decode,
+    schema,
+    value,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -82,27 +89,6 @@ def node_factory(mosquitto: Mosquitto, tmp_path: Path) -> Iterator[Callable[...,
 def host(mosquitto: Mosquitto) -> Iterator[PrimaryHost]:
     with PrimaryHost(mosquitto.host, mosquitto.port, GROUP, NODE, host_id="scada") as h:
         yield h
-
-
-def assert_seq_continuous(msgs: list[SpMessage]) -> int:
-    """From each NBIRTH (seq 0) on, every message's seq is the previous one's + 1 mod 256.
-    Returns how many times it wrapped."""
-    wraps, prev = 0, None
-    for m in msgs:
-        if m.type in ("NCMD", "DCMD"):  # the host's own commands
-            continue
-        if m.type == "NDEATH":
-            assert m.seq is None, "NDEATH carries no seq"
-            prev = None
-            continue
-        if m.type == "NBIRTH":
-            assert m.seq == 0, f"NBIRTH seq {m.seq}"
-        else:
-            assert prev is not None, f"{m.type} before any NBIRTH"
-            assert m.seq == (prev + 1) % 256, f"{m.type} seq {m.seq} after {prev}"
-            wraps += m.seq == 0
-        prev = m.seq
-    return wraps
 
 
 # -- codec: the daemon's encoder against protobuf ------------------------------------------
@@ -274,6 +260,14 @@ def test_ddeath_on_removal_and_end_ndeath_on_stop(
     states = [value(x) for m in host.messages("DDATA") for x in m.payload.metrics]
     assert states == ["streaming", "ended"]
     assert len(dd1.payload.metrics) == 0 and dd2.seq is not None
+    # dead: its stats are kept for the next birth but not sent; streaming again: reborn
+    node.listener("cam1", Kind.STATS, {"v": 1, "camera": "cam1", "ts": time.time(),
+                                       "state": "ended", "fps_analysed": 0.0, "seq": 2})
+    node.listener("cam1", Kind.STATUS, status("cam1", "starting"))
+    reborn = host.wait("DBIRTH", start=dd1.index, device="cam1")[0]
+    host.wait("DDATA", start=reborn.index)
+    assert value(reborn.metrics()["Stats/FPS Analysed"]) == 0.0
+    assert [m.type for m in host.messages(start=dd1.index + 1)] == ["DBIRTH", "DDATA"]
     node.stop()
     death = host.wait("NDEATH")[0]
     assert value(death.metrics()["bdSeq"]) == value(nbirth.metrics()["bdSeq"])

@@ -303,7 +303,11 @@ class EdgeNode:
             self._sender.bury_departed(self._rec.alive())
 
     def _send_row(self, row: Row) -> bool:
-        stored = decode_row(row.payload)
+        try:
+            stored = decode_row(row.payload)
+        except (ValueError, KeyError, TypeError, IndexError) as exc:
+            log.error("sparkplug dropping unreadable stored row %d: %s", row.id, exc)
+            return True  # consumed: it must not block everything stored after it
         if stored.message_type == DDEATH:
             assert row.camera is not None
             return self._sender.ddeath(row.camera)

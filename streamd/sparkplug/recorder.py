@@ -50,6 +50,10 @@ def now_ms() -> int:
     return round(time.time() * 1000)
 
 
+def _discard(camera: str | None, changes: list[Change], kind: str) -> None:
+    """What `Recorder._store` does for a dead device."""
+
+
 class Recorder:
     """The cameras (devices), the labels the detector reports, and their stored changes.
     Used by the edge node's worker thread only."""
@@ -95,22 +99,27 @@ class Recorder:
         if dev is None:
             return
         m = dev.metrics
+        # A dead device may not send data (its DDEATH is out); its values are still kept,
+        # so they are current when it is born again.
+        store = self._store if dev.alive else _discard
         if kind == "detections":
             changes, unknown = m.detections(payload, self.labels, time.monotonic())
             if unknown:
                 log.info("sparkplug new label(s) %s: rebirth", ", ".join(sorted(unknown)))
                 self.add_labels(sorted(unknown))
-            self._store(camera, changes, "detections")
+            store(camera, changes, "detections")
         elif kind == "descriptions":
-            self._store(camera, m.descriptions(payload), "descriptions")
+            store(camera, m.descriptions(payload), "descriptions")
         elif kind == "stats":
-            self._store(camera, m.stats(payload), "stats")
+            store(camera, m.stats(payload), "stats")
         elif kind == "status":
-            self._store(camera, m.status(payload, now_ms()), "status")
-            if payload.get("state") in model.TERMINAL_STATES:
-                self._kill(camera, dev)
-            else:  # (again) on its way: born before its next data
+            terminal = payload.get("state") in model.TERMINAL_STATES
+            if not terminal:  # (again) on its way: born before its next data
                 dev.alive = True
+            (self._store if dev.alive else _discard)(camera, m.status(payload, now_ms()),
+                                                     "status")
+            if terminal:
+                self._kill(camera, dev)
 
     def camera(self, name: str, added: bool) -> None:
         """A reload added or removed a camera."""
@@ -135,7 +144,9 @@ class Recorder:
         for name, dev in self.devices.items():
             last = dev.metrics.last_detection_mono
             if last is not None and now - last >= self._idle_after_s:
-                self._store(name, dev.metrics.idle(self.labels, now_ms()), "detections")
+                changes = dev.metrics.idle(self.labels, now_ms())
+                if dev.alive:
+                    self._store(name, changes, "detections")
 
     def _kill(self, camera: str, dev: Device) -> None:
         if dev.alive:

@@ -151,3 +151,24 @@ class PrimaryHost:
 
     def dcmd(self, device: str, name: str, val: bool) -> None:
         self._command(f"{NS}/{self.group}/DCMD/{self.node}/{device}", name, val)
+
+
+def assert_seq_continuous(msgs: list[SpMessage]) -> int:
+    """From each NBIRTH (seq 0) on, every message's seq is the previous one's + 1 mod 256.
+    Returns how many times it wrapped."""
+    wraps, prev = 0, None
+    for m in msgs:
+        if m.type in ("NCMD", "DCMD"):  # the host's own commands
+            continue
+        if m.type == "NDEATH":
+            assert m.seq is None, "NDEATH carries no seq"
+            prev = None
+            continue
+        if m.type == "NBIRTH":
+            assert m.seq == 0, f"NBIRTH seq {m.seq}"
+        else:
+            assert prev is not None, f"{m.type} before any NBIRTH"
+            assert m.seq == (prev + 1) % 256, f"{m.type} seq {m.seq} after {prev}"
+            wraps += m.seq == 0
+        prev = m.seq
+    return wraps
