@@ -28,6 +28,8 @@ from pydantic import (
     model_validator,
 )
 
+from streamd.sparkplug.settings import SparkplugSettings
+
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 """Site and camera names become MQTT topic levels: no `/`, `+`, `#` or spaces."""
 
@@ -428,6 +430,8 @@ class Settings(_Model):
     motion: MotionSettings = Field(default_factory=MotionSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     snapshots: SnapshotSettings = Field(default_factory=SnapshotSettings)
+    sparkplug: SparkplugSettings | None = Field(
+        None, description="Sparkplug B edge node beside contract v1; absent: none.")
     cameras: list[CameraSettings] = Field(min_length=1)
 
     @field_validator("cameras")
