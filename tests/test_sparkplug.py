@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 import yaml
+from pydantic import SecretStr
 
 from streamd import cli
 from streamd.contract import Kind
@@ -26,7 +27,7 @@ from streamd.sparkplug import codec
 from streamd.sparkplug.node import EdgeNode, NodeInfo
 from streamd.sparkplug.settings import SparkplugSettings
 from tests.helpers.mqtt import Mosquitto
-from tests.helpers.procs import die_with_parent
+from tests.helpers.procs import die_with_parent, free_port
 from tests.helpers.sparkplug import (
     BOOLEAN,
     PrimaryHost,
@@ -239,8 +240,13 @@ def test_rebirth_on_ncmd_new_label_and_snapshot_dcmd(
     assert got["Objects/dog"] == 1
 
     host.dcmd("cam1", "Snapshot/Request", True)
-    host.collector.wait_for(lambda _c: snapshots, 5, "the snapshot callable")
-    assert snapshots == ["cam1"]
+    host.dcmd("cam2", "Snapshot/Request", False)  # false asks for nothing
+    host.dcmd("cam2", "Snapshot/Request", True, by_alias=True)
+    host.collector.wait_for(lambda _c: len(snapshots) >= 2, 5, "the snapshot callable")
+    assert snapshots == ["cam1", "cam2"]
+    mark = host.cursor()
+    host.rebirth(by_alias=True)
+    host.wait("DBIRTH", 2, start=mark)
     assert_seq_continuous(host.messages())
 
 
@@ -315,6 +321,20 @@ def test_primary_host_outage_stores_and_forwards_historical(
     assert [h for _, h in detected] == [False] * 10 + [True] * 10 + [False] * 10
     assert_seq_continuous(host.messages())
     assert node.outbox is not None and len(node.outbox) == 0
+
+
+def test_same_credentials_as_mqtt(mosquitto_bin: str, tmp_path: Path) -> None:
+    """`mqtt.username` and the password from `mqtt.password_file` log the node in too."""
+    with Mosquitto(free_port(), tmp_path / "auth", users={"ops": "s3cret"}) as broker:
+        node = EdgeNode(
+            SparkplugSettings(group_id=GROUP),
+            MQTTSettings(host=broker.host, port=broker.port, username="ops"),
+            SecretStr("s3cret"), edge_node_id=NODE, client_id="spb-auth",
+            state_dir=tmp_path / "state", info=NodeInfo("9.9.9", "none", ""), labels=(),
+            cameras=("cam1",))
+        with PrimaryHost(broker.host, broker.port, GROUP, NODE, username="ops",
+                         password="s3cret") as h, node:
+            assert h.wait("DBIRTH", timeout_s=10)[0].device == "cam1"
 
 
 CHILD = """

@@ -81,9 +81,9 @@ class PrimaryHost:
     """Subscribes to everything of one group; ``start()`` returns self."""
 
     def __init__(self, host: str, port: int, group: str, node: str,
-                 host_id: str | None = None) -> None:
+                 host_id: str | None = None, **login: str) -> None:
         self.group, self.node, self.host_id = group, node, host_id
-        self.collector = Collector(host, port, [f"{NS}/{group}/#"], qos=1)
+        self.collector = Collector(host, port, [f"{NS}/{group}/#"], qos=1, **login)
         self.aliases: dict[tuple[str | None, int], str] = {}
 
     def start(self) -> PrimaryHost:
@@ -139,18 +139,26 @@ class PrimaryHost:
         body = json.dumps({"online": online, "timestamp": round(time.time() * 1000)})
         self.collector.publish(f"{NS}/STATE/{self.host_id}", body, qos=1, retain=True)
 
-    def _command(self, topic: str, name: str, val: bool) -> None:
+    def _command(self, topic: str, device: str | None, name: str, val: bool,
+                 by_alias: bool) -> None:
         payload = schema().Payload()
         payload.timestamp = round(time.time() * 1000)
         metric = payload.metrics.add()
-        metric.name, metric.datatype, metric.boolean_value = name, BOOLEAN, val
+        if by_alias:  # as a host may write a tag it knows from the birth
+            metric.alias = next(a for (d, a), n in self.aliases.items()
+                                if d == device and n == name)
+        else:
+            metric.name = name
+        metric.datatype, metric.boolean_value = BOOLEAN, val
         self.collector.publish(topic, payload.SerializeToString(), qos=0)
 
-    def rebirth(self) -> None:
-        self._command(f"{NS}/{self.group}/NCMD/{self.node}", "Node Control/Rebirth", True)
+    def rebirth(self, by_alias: bool = False) -> None:
+        self._command(f"{NS}/{self.group}/NCMD/{self.node}", None, "Node Control/Rebirth",
+                      True, by_alias)
 
-    def dcmd(self, device: str, name: str, val: bool) -> None:
-        self._command(f"{NS}/{self.group}/DCMD/{self.node}/{device}", name, val)
+    def dcmd(self, device: str, name: str, val: bool, by_alias: bool = False) -> None:
+        self._command(f"{NS}/{self.group}/DCMD/{self.node}/{device}", device, name, val,
+                      by_alias)
 
 
 def assert_seq_continuous(msgs: list[SpMessage]) -> int:
