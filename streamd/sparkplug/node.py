@@ -2,13 +2,13 @@
 
 Contract-v1 messages come in through `listener` (the publisher's message-listener seam),
 which only enqueues. One worker thread owns all Sparkplug state — `seq`, births, aliases,
-the metric values — so the order on the wire is the order of the work queue. Every
-DDATA/NDATA/DDEATH is first written to a durable outbox of its own (the contract outbox's
-SQLite store, `sparkplug-outbox.sqlite` in the state directory) and sent from there only
-while the node is *live*: connected, born, and — with `primary_host_id` — while the primary
-host's STATE says online. After a reconnect the births go first, then the stored messages
-in order, their metrics flagged `is_historical` so a host files them into history without
-overwriting the live value.
+the metric values — so the order on the wire is the order of the work queue. The
+`Recorder` turns each message into a durable row of the node's own outbox (the contract
+outbox's SQLite store, `sparkplug-outbox.sqlite` in the state directory); rows are sent
+only while the node is *live*: connected, born, and — with `primary_host_id` — while the
+primary host's STATE says online. After a reconnect the births go first, then the stored
+rows in order, their metrics flagged `is_historical` so a host files them into history
+without overwriting the live value.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ from streamd.sparkplug.session import (
 from streamd.sparkplug.settings import SparkplugSettings
 
 if TYPE_CHECKING:
+    from streamd.config import Settings
     from streamd.mqtt import MQTTSettings
 
 log = logging.getLogger(__name__)
@@ -111,12 +112,15 @@ class EdgeNode:
         self._started = self._stopped = False
 
     @classmethod
-    def create(cls, settings: Any, password: SecretStr | None, info: NodeInfo,
+    def create(cls, settings: Settings, password: SecretStr | None, info: NodeInfo,
                labels: Iterable[str],
                request_snapshot: Callable[[str], None] | None = None) -> EdgeNode:
-        """From the root `Settings` (typed Any to keep this package free of an import
-        cycle with streamd.config): the enabled cameras, the site as default node id."""
-        sp: SparkplugSettings = settings.sparkplug
+        """From the root settings: the `mqtt:` broker and the password read with it, the
+        enabled cameras, the site as default node id. `labels` are those the detector can
+        report after `detector.classes`."""
+        sp = settings.sparkplug
+        if sp is None:
+            raise ValueError("the config has no sparkplug: section")
         return cls(sp, settings.mqtt, password,
                    edge_node_id=sp.edge_node_id or settings.site,
                    client_id=sp.client_id or f"{settings.client_id}-spb",

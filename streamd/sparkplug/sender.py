@@ -28,6 +28,8 @@ lost (the batch stays stored and goes again after the next birth)."""
 
 
 class Sender:
+    """Builds and publishes the node's messages on one `Session`; knows what is born."""
+
     def __init__(self, session: Session, topics: Topics) -> None:
         self._session = session
         self._topics = topics
