@@ -144,6 +144,7 @@ def test_class_filter(ssd: dict[str, Any], frame100: Image) -> None:
     ("0  person\n2  car\n\n89  toothbrush", {0: "person", 2: "car", 89: "toothbrush"}),
     ("person\nbicycle\n", {0: "person", 1: "bicycle"}),
     ("7: traffic light\n", {7: "traffic light"}),
+    ("0\tperson\n1\tn/a\n2\tcar\n", {0: "person", 2: "car"}),
     ("", {}),
 ])
 def test_read_labels(tmp_path: Path, text: str, expected: dict[int, str]) -> None:

@@ -44,6 +44,7 @@ FETCH_COMMAND = "engines/fetch_ssd.sh"
 PAD_VALUE = 128
 """Letterbox grey: the uint8 value the model's input quantisation maps to 0.0."""
 _LABEL_LINE = re.compile(r"^\s*(\d+)[\s:]+(\S.*?)\s*$")
+_UNUSED = frozenset({"n/a", "???"})
 
 
 class TFLiteDetectorSettings(ModelDetectorSettings):
@@ -76,7 +77,8 @@ class TFLiteDetectorSettings(ModelDetectorSettings):
 
 
 def read_labels(path: Path) -> dict[int, str]:
-    """Class id -> name from a label map (`0  person` lines, or bare names by line index).
+    """Class id -> name from a label map (`0  person` lines, ids marked `n/a` left out; or
+    bare names by line index).
 
     >>> import tempfile, os
     >>> with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as f:
@@ -89,8 +91,8 @@ def read_labels(path: Path) -> dict[int, str]:
     except (OSError, UnicodeDecodeError) as exc:
         raise DetectorError(f"detector.labels_file: cannot read {path}: {exc}") from None
     matches = [_LABEL_LINE.match(ln) for ln in lines]
-    if lines and all(matches):
-        return {int(m[1]): m[2] for m in matches if m}
+    if lines and all(matches):  # Coral's own copy marks COCO's unused ids `n/a`
+        return {int(m[1]): m[2] for m in matches if m and m[2] not in _UNUSED}
     if any(matches):
         raise DetectorError(f"detector.labels_file: {path} mixes `<id> <name>` lines with "
                             "bare names")
