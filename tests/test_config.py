@@ -174,3 +174,46 @@ def test_state_dir_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> 
     assert s.resolved_state_dir() == Path("state")
     monkeypatch.setenv("STATE_DIRECTORY", f"{tmp_path}:/other")
     assert s.resolved_state_dir() == tmp_path
+
+
+@pytest.mark.parametrize(("tracker", "expected"), [
+    (None, (0.3, 15)),
+    ({"iou": 0.5, "max_missed": 3}, (0.5, 3)),
+])
+def test_tracker_section(tracker: dict[str, float] | None, expected: tuple[float, int]) -> None:
+    data: dict[str, object] = {"site": "s", "cameras": [{"name": "c", "url": "x"}]}
+    if tracker is not None:
+        data["tracker"] = tracker
+    t = config.validate(data).tracker
+    assert (t.iou, t.max_missed) == expected
+
+
+def test_tracker_section_is_strict(tmp_path: Path) -> None:
+    problems = problems_of(tmp_path, GOOD + "tracker: {iou: 0, maxmissed: 2}\n")
+    assert {p.path for p in problems} == {"tracker.iou", "tracker.maxmissed"}
+    assert all(p.line == 8 for p in problems)
+
+
+@pytest.mark.parametrize("backend", ["none", "hog"])
+def test_every_detector_has_the_schedule_fields(backend: str) -> None:
+    """The detection schedule reads them for any backend, `none` included."""
+    s = config.validate({"site": "s", "cameras": [{"name": "c", "url": "x"}],
+                         "detector": {"backend": backend, "interval": 3}})
+    det = s.detector
+    assert (det.interval, det.full_frame_every, det.max_crops) == (3, 0, 1)
+    assert det.runs is (backend != "none")
+
+
+def test_preflight_asks_each_section(tmp_path: Path) -> None:
+    """TensorRT, describer and TLS problems come from their own settings models."""
+    cfg = config.load(write(tmp_path, """\
+        site: s
+        mqtt: {tls: {ca_file: /nonexistent/ca.pem}}
+        detector: {backend: tensorrt, model: /nonexistent/m.engine}
+        describer: {backend: clip, model: /nonexistent/clip, vocabulary: [a, b]}
+        cameras:
+          - {name: a, url: /nonexistent/v.mp4}
+        """))
+    paths = [p.path for p in config.preflight(cfg)]
+    assert paths[0] == "detector.model" and "describer.model" in paths
+    assert paths[-2:] == ["cameras[0].url", "mqtt.tls.ca_file"]
