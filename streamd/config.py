@@ -29,6 +29,8 @@ from pydantic import (
 )
 
 from streamd.sparkplug.settings import SparkplugSettings
+from streamd.web import PASSWORD_ENV as WEB_PASSWORD_ENV
+from streamd.web import WebSettings
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 """Site and camera names become MQTT topic levels: no `/`, `+`, `#` or spaces."""
@@ -430,6 +432,7 @@ class Settings(_Model):
     motion: MotionSettings = Field(default_factory=MotionSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     snapshots: SnapshotSettings = Field(default_factory=SnapshotSettings)
+    web: WebSettings = Field(default_factory=WebSettings)
     sparkplug: SparkplugSettings | None = Field(
         None, description="Sparkplug B edge node beside contract v1; absent: none.")
     cameras: list[CameraSettings] = Field(min_length=1)
@@ -497,6 +500,7 @@ class Config:
     source: Path
     mqtt_password: SecretStr | None = None
     describer_api_key: SecretStr | None = None
+    web_password: SecretStr | None = None
 
 
 def _format_path(loc: tuple[int | str, ...]) -> str:
@@ -606,6 +610,20 @@ def _read_describer_key(settings: Settings, file: str) -> SecretStr | None:
     return _read_secret(d.api_key_file, DESCRIBER_KEY_ENV, "describer.api_key_file", file, None)
 
 
+def _read_web_password(settings: Settings, file: str) -> SecretStr | None:
+    """The live view's Basic auth password, when `web.username` asks for one."""
+    web = settings.web
+    if not web.enabled or web.username is None:
+        return None
+    password = _read_secret(web.password_file, WEB_PASSWORD_ENV, "web.password_file", file,
+                            "\r\n")
+    if password is None or not password.get_secret_value():
+        raise ConfigError([Problem(file, "web.password_file", "web.username is set but there "
+                                   f"is no password: set web.password_file or env "
+                                   f"{WEB_PASSWORD_ENV}")])
+    return password
+
+
 def load(path: str | os.PathLike[str]) -> Config:
     """Read, parse and validate a YAML config; raise ConfigError with every problem."""
     path = Path(path)
@@ -625,7 +643,7 @@ def load(path: str | os.PathLike[str]) -> Config:
     lines = _line_index(node) if node is not None else {}
     settings = validate(data, file, lines)
     return Config(settings, path, _read_password(settings, file),
-                  _read_describer_key(settings, file))
+                  _read_describer_key(settings, file), _read_web_password(settings, file))
 
 
 def _tensorrt_preflight(det: TensorRTDetectorSettings, file: str) -> list[Problem]:
