@@ -8,25 +8,87 @@ consumer unless `realtime: true` paces them at their native rate.
 
 from __future__ import annotations
 
-import enum
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
+from typing import Literal
 
 import cv2
 import numpy as np
 import tenacity
+from pydantic import Field, field_validator
 
-from streamd.config import CameraSettings
+from streamd.contract import CameraState
 from streamd.frames import Frame, FrameSlot, Image, SlotClosed
 from streamd.redact import redact
+from streamd.settings import NAME_PATTERN, Problem, StrictModel
 from streamd.state import Counter
+from streamd.threads import Deadline, join, name_os_thread
 
 log = logging.getLogger(__name__)
+
+
+Point = tuple[float, float]
+
+
+class CameraSettings(StrictModel):
+    """One entry of `cameras:`: its source and how it is read and reconnected."""
+
+    name: str = Field(pattern=NAME_PATTERN, description="Topic level; unique in the fleet.")
+    url: str | int = Field(description="rtsp://…, a file path, or a V4L2 device index.")
+    fps: float | None = Field(None, gt=0, le=240, description="Analysis rate cap.")
+    realtime: bool = Field(False, description="Pace a file at its native fps (live-like).")
+    loop: bool = Field(False, description="Restart a file at its end.")
+    rtsp_transport: Literal["tcp", "udp"] = Field(
+        "tcp", description="RTSP over TCP (passes firewalls, no lost packets) or UDP.")
+    open_timeout_s: float = Field(10.0, gt=0, le=120,
+                                  description="Longest wait for the source to open.")
+    read_timeout_s: float = Field(
+        5.0, gt=0, le=120, description="A source silent this long is reconnected.")
+    reconnect_max_s: float = Field(
+        1.5, gt=0, le=300, description="Longest wait between reconnect attempts (plus jitter); "
+        "short, so a camera is back within seconds of its source.")
+    ignore: list[list[Point]] = Field(
+        default_factory=list, description="Polygons (full-frame pixels) where motion is ignored.")
+    enabled: bool = Field(True, description="false: configured, but not started.")
+
+    @field_validator("ignore")
+    @classmethod
+    def _polygons(cls, v: list[list[Point]]) -> list[list[Point]]:
+        for i, poly in enumerate(v):
+            if len(poly) < 3:
+                raise ValueError(f"polygon {i} needs at least 3 points, has {len(poly)}")
+        return v
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str | int) -> str | int:
+        if isinstance(v, int) and v < 0:
+            raise ValueError("a device index is >= 0")
+        if isinstance(v, str) and not v.strip():
+            raise ValueError("must not be empty")
+        return v
+
+    @property
+    def kind(self) -> Literal["rtsp", "file", "device"]:
+        """What `url` names: a network stream, a file, or a V4L2 device index."""
+        if isinstance(self.url, int):
+            return "device"
+        if re.match(r"^(rtsps?|rtmp|https?|udp|tcp)://", self.url, re.I):
+            return "rtsp"
+        return "file"
+
+    def preflight(self, file: str, key: str) -> list[Problem]:
+        """A file source must exist (a live one can only be tried by connecting)."""
+        if self.kind == "file" and not Path(str(self.url)).is_file():
+            return [Problem(file, f"{key}.url", f"{self.url} does not exist")]
+        return []
 
 _FFMPEG_ENV = "OPENCV_FFMPEG_CAPTURE_OPTIONS"
 # FFmpeg and OpenCV print a line per failed connect or damaged packet straight to stderr: a
@@ -37,14 +99,6 @@ if "OPENCV_LOG_LEVEL" not in os.environ:
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
 _env_lock = threading.Lock()
 """OpenCV reads FFmpeg options from the process environment at open time; serialise opens."""
-
-
-class CameraState(str, enum.Enum):
-    STARTING = "starting"
-    STREAMING = "streaming"
-    RECONNECTING = "reconnecting"
-    ENDED = "ended"
-    STOPPED = "stopped"
 
 
 StateCallback = Callable[[str, CameraState, "str | None"], None]
@@ -87,6 +141,11 @@ class CaptureWorker:
         self._max_frames = max_frames
         self._stop = threading.Event()
         self._stop_reason: str | None = None
+        self._streams = 0
+        """Connections that delivered frames; `Frame.stream` tells analysis which one."""
+        self._state_lock = threading.Lock()
+        self._abandoned = False
+        """Set when `join` gave up on the thread: its final state was published for it."""
         self._thread = threading.Thread(target=self._run, name=f"capture-{camera.name}",
                                         daemon=True)
 
@@ -96,17 +155,31 @@ class CaptureWorker:
         self._thread.start()
         return self
 
-    def stop(self, timeout_s: float = 5.0, reason: str | None = None) -> None:
-        """Stop reading; `reason` goes into the final `stopped` status."""
+    def request_stop(self, reason: str | None = None) -> None:
+        """Ask the thread to stop (returns at once); `reason` goes into the final `stopped`
+        status. A read blocked in the source ends within `read_timeout_s`."""
         if not self._stop.is_set():
             self._stop_reason = reason
         self._stop.set()
         self.slot.close()
-        if self._thread.is_alive() and threading.current_thread() is not self._thread:
-            self._thread.join(timeout_s)
-            if self._thread.is_alive():
-                log.warning("camera=%s capture thread did not stop within %.1fs",
-                            self.camera.name, timeout_s)
+
+    def join(self, deadline: Deadline) -> bool:
+        """Wait for the thread until `deadline`. A thread still stuck in its source then is
+        left behind (it is a daemon thread) and its `stopped` status is published for it,
+        so the retained state is right even if the process exits first."""
+        if join(self._thread, deadline):
+            return True
+        log.warning("camera=%s capture thread stuck in its source; leaving it",
+                    self.camera.name)
+        with self._state_lock:
+            self._abandoned = True
+            self._publish_state(CameraState.STOPPED, self._stop_reason)
+        return False
+
+    def stop(self, timeout_s: float = 5.0, reason: str | None = None) -> None:
+        """`request_stop`, then `join` for at most `timeout_s`."""
+        self.request_stop(reason)
+        self.join(Deadline(timeout_s))
 
     def __enter__(self) -> CaptureWorker:
         return self.start()
@@ -114,10 +187,6 @@ class CaptureWorker:
     def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.stop()
-
-    @property
-    def alive(self) -> bool:
-        return self._thread.is_alive()
 
     def stalled_for(self, now: float) -> float:
         """Seconds since the thread last showed progress; 0 when it is not running."""
@@ -133,8 +202,13 @@ class CaptureWorker:
         return max(cam.open_timeout_s, cam.read_timeout_s) + cam.reconnect_max_s + 10.0
 
     def _set_state(self, state: CameraState, reason: str | None) -> None:
-        if (state, reason) == (self.state, self.reason) and state != CameraState.STARTING:
-            return
+        with self._state_lock:  # never after `join` published the final state for us
+            if self._abandoned or ((state, reason) == (self.state, self.reason)
+                                   and state != CameraState.STARTING):
+                return
+            self._publish_state(state, reason)
+
+    def _publish_state(self, state: CameraState, reason: str | None) -> None:
         self.state, self.reason = state, reason
         level = logging.WARNING if state == CameraState.RECONNECTING else logging.INFO
         log.log(level, "camera=%s state=%s reason=%s", self.camera.name, state.value,
@@ -144,6 +218,7 @@ class CaptureWorker:
     # -- the thread ------------------------------------------------------------------------
 
     def _run(self) -> None:
+        name_os_thread()
         final: CameraState = CameraState.STOPPED
         reason: str | None = None
         try:
@@ -287,7 +362,10 @@ class CaptureWorker:
             if image is None:
                 self.stats.decode_errors += 1
                 continue
-            frame = Frame(cam.name, self._frame_ids.next(), ts, image, pts, now_mono)
+            if not streaming:
+                self._streams += 1
+            frame = Frame(cam.name, self._frame_ids.next(), ts, image, pts, now_mono,
+                          self._streams)
             try:
                 self.slot.put(frame, wait=lossless)
             except SlotClosed:
@@ -295,7 +373,8 @@ class CaptureWorker:
             self.stats.frames_out += 1
             if not streaming:
                 streaming = True
-                self._set_state(CameraState.STREAMING, None)
+                self._set_state(CameraState.STREAMING, None if self._streams == 1 else
+                                "reconnected: a new stream, motion and tracking restart")
             if self._max_frames is not None and self.stats.frames_out >= self._max_frames:
                 return f"max-frames {self._max_frames} reached"
         return None

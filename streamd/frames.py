@@ -34,6 +34,9 @@ class Frame:
     pts: float | None = None
     captured_mono: float = 0.0
     """`time.monotonic()` at capture, for latency figures; never published."""
+    stream: int = 0
+    """Which connection of its camera the frame came from (1, 2, ... per reconnect): a new
+    stream is not a continuation of the last one, so motion and tracking restart on it."""
 
     @property
     def wh(self) -> tuple[int, int]:
@@ -62,7 +65,6 @@ class FrameSlot:
         self._closed = False
         self.dropped = 0
         """Frames overwritten before analysis saw them."""
-        self.delivered = 0
 
     def put(self, frame: Frame, *, wait: bool = False) -> None:
         with self._cond:
@@ -82,7 +84,6 @@ class FrameSlot:
                 self._cond.wait(timeout_s)
             frame, self._frame = self._frame, None
             if frame is not None:
-                self.delivered += 1
                 self._cond.notify_all()
             return frame
 

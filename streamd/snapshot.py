@@ -14,16 +14,28 @@ from collections.abc import Mapping, Sequence
 import cv2
 import numpy as np
 import numpy.typing as npt
+from pydantic import Field
 
 from streamd.detections import Detections
 from streamd.frames import Frame, Image
 from streamd.motion import Rois
+from streamd.settings import StrictModel
 
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
 _ROI = (0, 220, 255)
 _OBJECT = (60, 220, 60)
 _MASK = (40, 40, 255)
 _ZONE = (128, 128, 128)
+
+
+class SnapshotSettings(StrictModel):
+    """`snapshots:`: annotated JPEGs published per camera."""
+
+    interval_s: float = Field(
+        0.0, ge=0, description="Publish an annotated JPEG per camera every N s (0: only on "
+        "request, by any message to <prefix>/<camera>/snapshot/request).")
+    max_width: int = Field(960, ge=160, le=4096, description="Scaled down to this width.")
+    quality: int = Field(80, ge=10, le=100, description="JPEG quality.")
 
 
 def _label(img: Image, text: str, x: int, y: int, colour: tuple[int, int, int],

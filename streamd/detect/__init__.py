@@ -1,29 +1,39 @@
 """Detection: backends behind one interface, the shared YOLO pre/post-processing, crop
 planning, and the service that batches crops from every camera.
 
-Backends register here by their YAML `backend:` key; each backend module holds its `KEY` and
-its class, which takes that backend's settings. A backend's heavy imports happen when it is
+Backends register here by their YAML `backend:` key; each backend module holds its `KEY`, its
+settings model and its class, which takes those settings; the `DetectorSettings` union below
+is what the `detector:` section validates against. A backend's heavy imports happen when it is
 created, so importing this package costs nothing for backends that are not configured.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Annotated, Any
 
-from streamd.config import DetectorSettings, NoDetectorSettings
-from streamd.detect import hog, onnxruntime, tensorrt
-from streamd.detect.base import Detector, DetectorError
+from pydantic import Field
+
+from streamd.detect import hog, onnxruntime, tensorrt, tflite
+from streamd.detect.base import Detector, DetectorError, NoDetectorSettings
 from streamd.detect.crops import plan_regions
 from streamd.detect.service import DetectorService, ServiceStopped
 
-__all__ = ["BACKENDS", "Detector", "DetectorError", "DetectorService", "ServiceStopped",
-           "create_detector", "plan_regions"]
+__all__ = ["BACKENDS", "Detector", "DetectorError", "DetectorService", "DetectorSettings",
+           "ServiceStopped", "create_detector", "plan_regions"]
+
+DetectorSettings = Annotated[
+    onnxruntime.ONNXRuntimeDetectorSettings | tensorrt.TensorRTDetectorSettings
+    | hog.HOGDetectorSettings | tflite.TFLiteDetectorSettings | NoDetectorSettings,
+    Field(discriminator="backend"),
+]
+"""The `detector:` section: one settings model per backend, chosen by `backend:`."""
 
 BACKENDS: dict[str, Callable[[Any], Detector]] = {
     onnxruntime.KEY: onnxruntime.ONNXRuntimeDetector,
     tensorrt.KEY: tensorrt.TensorRTDetector,  # imports TensorRT/CUDA only when created
     hog.KEY: hog.HOGDetector,
+    tflite.KEY: tflite.TFLiteDetector,  # imports LiteRT only when created
 }
 """YAML `backend:` -> the class that builds that detector from its settings."""
 

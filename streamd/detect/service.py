@@ -20,10 +20,12 @@ from types import TracebackType
 import numpy as np
 import numpy.typing as npt
 
+from streamd.counters import Failures
 from streamd.detect.base import Detector
-from streamd.detect.boxes import nms
 from streamd.detections import Detections, IntArray
 from streamd.frames import Frame
+from streamd.geometry import nms
+from streamd.threads import name_os_thread
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +58,9 @@ class DetectorService:
     exception resolves the futures of that batch with it; the worker goes on.
 
     The detector is passed in and stays the caller's to close, after `stop()`.
-    Counters for the stats topic: `requests`, `batches` (detector calls), `crops`,
-    `last_batch_size`, `infer_ms` (last call) and `infer_ms_ema`, `errors`.
+    Counters for the stats topic: `batches` (detector calls), `crops`, `last_batch_size`
+    and `infer_ms_ema` (smoothed time of one call); `failures` counts failed
+    frames by kind (the exception's class; `timeout` when a camera gave up waiting).
     """
 
     def __init__(self, detector: Detector, batch_wait_ms: float = 3.0,
@@ -65,13 +68,11 @@ class DetectorService:
         self.detector = detector
         self.batch_wait_s = batch_wait_ms / 1000
         self.merge_iou = merge_iou
-        self.requests = 0
         self.batches = 0
         self.crops = 0
         self.last_batch_size = 0
-        self.infer_ms = 0.0
         self.infer_ms_ema = 0.0
-        self.errors = 0
+        self.failures = Failures(log, "detector")
         self._cond = threading.Condition()
         self._queue: deque[tuple[float, _Request]] = deque()
         self._queued_crops = 0
@@ -86,14 +87,16 @@ class DetectorService:
         self._thread.start()
         return self
 
-    def stop(self, timeout_s: float = 5.0) -> None:
+    def stop(self, timeout_s: float = 5.0) -> bool:
         """Stop the worker; frames still queued fail with `ServiceStopped`. Idempotent.
 
         A batch already in the detector finishes (within `timeout_s`) and resolves normally.
+        Returns False when the worker is still inside a detector call after `timeout_s` (it
+        is left behind; the detector must then not be closed under it).
         """
         with self._cond:
             if self._state is _State.STOPPED:
-                return
+                return not self._thread.is_alive()
             started = self._state is _State.RUNNING
             self._state = _State.STOPPED
             pending = [req for _, req in self._queue]
@@ -109,6 +112,8 @@ class DetectorService:
             self._thread.join(timeout_s)
             if self._thread.is_alive():
                 log.warning("detector worker still busy after %.1f s; leaving it", timeout_s)
+                return False
+        return True
 
     def __enter__(self) -> DetectorService:
         return self.start()
@@ -131,7 +136,6 @@ class DetectorService:
         with self._cond:
             if self._state is _State.STOPPED:
                 raise ServiceStopped("detector service is stopped")
-            self.requests += 1
             if len(boxes) == 0:
                 future.set_result(Detections.empty(self.detector.labels))
                 return future
@@ -159,14 +163,15 @@ class DetectorService:
             return batch
 
     def _run(self) -> None:
+        name_os_thread()
         while batch := self._next_batch():
             live = [req for req in batch if req.future.set_running_or_notify_cancel()]
             try:
                 results = self._detect(live)
             except Exception as exc:
-                self.errors += 1
-                log.warning("detector failed on %d frames: %r", len(live), exc)
                 for req in live:
+                    self.failures.record(exc, context=f"camera={req.frame.camera} "
+                                         f"frame_id={req.frame.frame_id}")
                     req.future.set_exception(exc)
                 continue
             for req, dets in zip(live, results, strict=True):
@@ -181,12 +186,12 @@ class DetectorService:
             chunk = crops[start:start + step]
             t0 = time.perf_counter()
             out = self.detector.detect(chunk)
-            self.infer_ms = (time.perf_counter() - t0) * 1000
+            infer_ms = (time.perf_counter() - t0) * 1000
             if len(out) != len(chunk):
                 raise RuntimeError(f"detector returned {len(out)} results for "
                                    f"{len(chunk)} images")
-            self.infer_ms_ema = (self.infer_ms if self.batches == 0 else
-                                 EMA_ALPHA * self.infer_ms + (1 - EMA_ALPHA) * self.infer_ms_ema)
+            self.infer_ms_ema = (infer_ms if self.batches == 0 else
+                                 EMA_ALPHA * infer_ms + (1 - EMA_ALPHA) * self.infer_ms_ema)
             self.batches += 1
             self.crops += len(chunk)
             self.last_batch_size = len(chunk)
