@@ -1,6 +1,7 @@
 """HOG backend: OpenCV's pretrained HOG+SVM people detector (OpenCV 4.x only).
 
-It needs no model file and no download, which makes it the demo's default detector. It is
+It needs no model file and no download (the fallback where the default `tflite` SSD cannot be
+fetched). It is
 slow on whole frames (~80 ms for 768x576 on two CPU cores) but cheap on the motion crops
 the detector service feeds it, and it only knows one class, `person`.
 """
