@@ -1,9 +1,8 @@
 """HOG backend: OpenCV's pretrained HOG+SVM people detector (OpenCV 4.x only).
 
 It needs no model file and no download (the fallback where the default `tflite` SSD cannot be
-fetched). It is
-slow on whole frames (~80 ms for 768x576 on two CPU cores) but cheap on the motion crops
-the detector service feeds it, and it only knows one class, `person`.
+fetched). It is slow on whole frames (~80 ms for 768x576 on two CPU cores) but cheap on the
+motion crops the detector service feeds it, and it only knows one class, `person`.
 """
 
 from __future__ import annotations
