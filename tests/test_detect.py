@@ -364,7 +364,7 @@ def test_service_detector_errors_resolve_futures_and_the_worker_goes_on() -> Non
             service.submit(frame(blob_image((5, 6, 7, 8)))).result(5)
         det.fail = False
         assert len(service.submit(frame(blob_image((5, 6, 7, 8)))).result(5)) == 1
-    assert service.errors == 1
+    assert service.failures.counts() == {"ValueError": 1}
 
 
 def test_service_stop_fails_pending_requests() -> None:
