@@ -320,7 +320,7 @@ def test_primary_host_outage_stores_and_forwards_historical(
     assert [t for t, _ in detected] == [ms(t) for t in stamps], "nothing lost, order kept"
     assert [h for _, h in detected] == [False] * 10 + [True] * 10 + [False] * 10
     assert_seq_continuous(host.messages())
-    assert node.outbox is not None and len(node.outbox) == 0
+    host.collector.wait_for(lambda _c: len(node.outbox) == 0, 5, "the node's outbox empty")
 
 
 def test_same_credentials_as_mqtt(mosquitto_bin: str, tmp_path: Path) -> None:
