@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import socket
 import time
 from pathlib import Path
 
@@ -14,7 +15,6 @@ from tests.helpers.procs import free_port, run_cli
 from tests.helpers.video import VTEST
 
 pytestmark = pytest.mark.integration
-
 
 
 def test_check_refuses_an_exposed_view_without_auth(tmp_path: Path) -> None:
@@ -76,20 +76,31 @@ def test_the_view_takes_frames_only_while_watched_and_within_fps() -> None:
 
 
 @pytest.mark.timeout(30)
-def test_healthz_says_why_it_is_unhealthy() -> None:
+def test_healthz_says_why_and_the_server_stops_promptly() -> None:
     from streamd.web import WebSettings
     from streamd.web.server import WebServer
 
     port = free_port()
     server = WebServer(WebSettings(enabled=True, port=port), None,
-                       lambda: {"a": (), "b": ()}, lambda: False)
-    with server:
+                       lambda: {"a": (), "b": ()}, lambda: False).start()
+    try:
         server.on_message("a", "status", {"state": "reconnecting", "reason": "read timeout"})
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
         conn.request("GET", "/healthz")
         resp = conn.getresponse()
         body = json.loads(resp.read())
         conn.close()
+        stream = socket.create_connection(("127.0.0.1", port))  # a viewer that stays
+        stream.sendall(b"GET /cameras/a/stream.mjpeg HTTP/1.1\r\nHost: x\r\n\r\n")
+        time.sleep(0.3)
+    finally:
+        t0 = time.monotonic()
+        server.stop()
+        stopped_s = time.monotonic() - t0
+    stream.close()
     assert resp.status == 503
     assert body["reasons"] == ["camera a: reconnecting (read timeout)",
                                "camera b: no status yet", "broker: not connected"]
+    assert stopped_s < 3.0, f"stop took {stopped_s:.1f} s with a viewer connected"
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()

@@ -169,13 +169,6 @@ class LiveView:
             return None
         return self._store(camera, overlays, offer)
 
-    def viewers(self, camera: str) -> int:
-        """Open streams plus live leases on `camera`."""
-        now = time.monotonic()
-        with self._cond:
-            return (sum(n for (c, _), n in self._streams.items() if c == camera)
-                    + sum(1 for (c, _), t in self._leases.items() if c == camera and t > now))
-
     def _update(self, camera: str) -> None:
         """Recompute `_watched_until[camera]` (caller holds the lock)."""
         if any(c == camera for c, _ in self._streams):

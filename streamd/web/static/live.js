@@ -51,7 +51,7 @@ function show(tile, cam) {
   const s = cam.stats;
   if (!s) return;
   set("fps", `${fmt(s.fps_in)} / ${fmt(s.fps_analysed)}`);
-  set("dropped", `${s.dropped ?? "–"} / ${s.shed ?? s.skipped ?? "–"}`);
+  set("dropped", `${s.dropped ?? "–"} / ${s.skipped ?? "–"}`);
   set("p99", s.latency_ms ? `${fmt(s.latency_ms.p99, 0)} ms` : "–");
   const d = s.detector;
   set("detector", d ? `${fmt(cam.detector_crops_per_s)} crops/s, ${fmt(d.infer_ms)} ms each` : "off");
