@@ -90,6 +90,7 @@ def node_factory(mosquitto: Mosquitto, tmp_path: Path) -> Iterator[Callable[...,
 def host(mosquitto: Mosquitto) -> Iterator[PrimaryHost]:
     with PrimaryHost(mosquitto.host, mosquitto.port, GROUP, NODE, host_id="scada") as h:
         yield h
+        print(f"sparkplug messages seen: {h.counts()}")
 
 
 # -- codec: the daemon's encoder against protobuf ------------------------------------------

@@ -131,6 +131,13 @@ class PrimaryHost:
     def cursor(self) -> int:
         return self.collector.cursor()
 
+    def counts(self) -> dict[str, int]:
+        """Messages seen per type, e.g. for a test's closing line."""
+        out: dict[str, int] = {}
+        for m in self.messages():
+            out[m.type] = out.get(m.type, 0) + 1
+        return dict(sorted(out.items()))
+
     # -- commands -----------------------------------------------------------------------------
 
     def state(self, online: bool) -> None:
