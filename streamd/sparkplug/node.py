@@ -197,6 +197,7 @@ class EdgeNode:
                     self._flush()
             except Exception:  # the node must outlive one bad message
                 log.exception("sparkplug worker error")
+                time.sleep(TICK_S)  # and a persistent fault must not spin
 
     def _finish(self) -> None:
         while not self._events.empty():
