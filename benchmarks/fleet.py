@@ -135,12 +135,24 @@ def main() -> int:
         broker = Mosquitto(free_port(), work / "mq").start()
         sub = Collector(broker.host, broker.port, "streamd/fleet/#").start()
         cfg = config(args, server, mounts, broker.port, work / "state")
+        # The daemon runs in its own folder; relative model paths (the defaults') resolve
+        # against the repository's engines/, as for an operator running from the checkout.
+        (work / "daemon").mkdir()
+        (work / "daemon" / "engines").symlink_to(REPO / "engines")
         daemon = Daemon(cfg, work / "daemon", name="fleet").start()
+
+        def streaming(c: Collector) -> bool:
+            if not daemon.running:
+                raise AssertionError("the daemon exited")
+            return len({m.topic for m in c.messages("/status") if isinstance(m.data, dict)
+                        and m.data.get("state") == "streaming"}) >= args.cameras
+
         try:
-            sub.wait_for(lambda c: len({m.topic for m in c.messages("/status")
-                                        if isinstance(m.data, dict)
-                                        and m.data.get("state") == "streaming"})
-                         >= args.cameras, 90, "every camera streaming")
+            try:
+                sub.wait_for(streaming, 90, "every camera streaming")
+            except AssertionError:
+                print(daemon.logs(), file=sys.stderr)
+                raise
             time.sleep(5)  # settle: connections, first key frames, motion's first flow
             assert server.proc is not None
             cpu0 = {"daemon": cpu_s(daemon.pid), "server": cpu_s(server.proc.pid)}
