@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(mosquitto mosquitto-clients opencv-doc python3-gi gir1.2-gst-rtsp-server-1.0
   gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly
-  gstreamer1.0-tools systemd chromium)
+  gstreamer1.0-x gstreamer1.0-tools systemd chromium)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

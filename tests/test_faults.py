@@ -165,8 +165,10 @@ def test_frozen_stream_reconnects(tmp_path: Path, mosquitto: Mosquitto,
     finally:
         os.kill(cam.proc.pid, signal.SIGCONT)
     assert frozen.json["reason"]
-    wait_state(sub, "cam", "streaming", 20, start=frozen.index)
+    back = wait_state(sub, "cam", "streaming", 20, start=frozen.index)
+    assert "new stream" in back.json["reason"], "a reconnect says that analysis restarted"
     assert d.terminate(20) == 0
+    assert "new stream: motion and tracking restart" in d.output
 
 
 def write_config(d: Daemon, cfg: dict[str, Any] | str) -> None:
