@@ -145,7 +145,7 @@ def main() -> int:
             if not daemon.running:
                 raise AssertionError("the daemon exited")
             return len({m.topic for m in c.messages("/status") if isinstance(m.data, dict)
-                        and m.data.get("state") == "streaming"}) >= args.cameras
+                        and m.data.get("state") == "streaming"}) >= int(args.cameras)
 
         try:
             try:
