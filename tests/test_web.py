@@ -30,6 +30,11 @@ def test_check_refuses_an_exposed_view_without_auth(tmp_path: Path) -> None:
                                                      "allow_anonymous": True}}))
     res = run_cli(["check", "-c", str(anonymous)], cwd=tmp_path)
     assert res.returncode == 0, res.stderr
+    no_password = tmp_path / "no_password.yaml"
+    no_password.write_text(json.dumps({**base, "web": {"enabled": True, "username": "ops"}}))
+    res = run_cli(["check", "-c", str(no_password)], cwd=tmp_path,
+                  env={"STREAMD_WEB_PASSWORD": ""})
+    assert res.returncode == 2 and "web.password_file" in res.stderr, res.stderr
 
 
 # -- without a daemon: what the daemon-level tests cannot see ----------------------------------
@@ -104,3 +109,16 @@ def test_healthz_says_why_and_the_server_stops_promptly() -> None:
     assert stopped_s < 3.0, f"stop took {stopped_s:.1f} s with a viewer connected"
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", port), timeout=1).close()
+
+
+def test_a_taken_port_is_a_startup_error() -> None:
+    from streamd.web import WebError, WebSettings
+    from streamd.web.server import WebServer
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        server = WebServer(WebSettings(enabled=True, port=port), None, dict, lambda: True)
+        with pytest.raises(WebError, match=f"cannot listen on 127.0.0.1:{port}"):
+            server.start()

@@ -118,6 +118,8 @@ class WebServer:
         try:
             loop.run_until_complete(self._main())
         except Exception as exc:
+            if self._ready.is_set():  # it ran, then broke: the daemon goes on without it
+                log.exception("web: the live view stopped")
             self._error = exc
             self._ready.set()
         finally:
