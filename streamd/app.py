@@ -148,6 +148,8 @@ class App:
                      len(self.cameras), s.detector.backend, s.describer.backend)
             self._loop()
             self._deadline = Deadline(STOP_BUDGET_S)
+            stopping_mono = time.monotonic()
+        log.info("stopped in %.1fs", time.monotonic() - stopping_mono)
         if self._ended and self._stranded:
             log.error("%d messages could not be delivered within mqtt.drain_timeout_s=%.0fs; "
                       "exiting %d so the service manager restarts streamd to send them",
@@ -214,11 +216,13 @@ class App:
 
     def _stop_cameras(self) -> None:
         """Signal every camera, then join them all against the shared deadline."""
+        t0 = time.monotonic()
         for cam in self.cameras.values():
             cam.request_stop(self._deadline)
         for cam in self.cameras.values():
             if not cam.join(self._deadline):
                 self.abandoned = True
+        log.info("cameras stopped in %.1fs", time.monotonic() - t0)
 
     def _stop_detector(self, service: DetectorService) -> None:
         if service.stop(self._deadline.remaining()):
