@@ -1,5 +1,6 @@
 """`streamd bench`'s recall against the reference: the matching rule as a table, and one short
-real run (real mosquitto, real detector on vtest.avi) that reports recall and both CPU costs."""
+real run (real mosquitto, the default TFLite detector on vtest.avi) that reports recall and
+both CPU costs."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from streamd.detect.tflite import DEFAULT_LABELS, DEFAULT_MODEL, FETCH_COMMAND
 from streamd.recall import Labelled, compare, match_frame, objects_by_frame
-from tests.helpers.procs import streamd_env
+from tests.helpers.procs import REPO_ROOT, streamd_env
 
 P = "person"
 A = (0.0, 0.0, 10.0, 10.0)
@@ -65,12 +67,16 @@ def test_objects_by_frame_reads_contract_payloads_and_dedupes_redelivery() -> No
 @pytest.mark.timeout(120)
 def test_bench_reports_recall_and_both_cpu_costs(tmp_path: Path, sample_video: Path,
                                                  mosquitto_bin: str) -> None:
-    """A short real run: the default pipeline with OpenCV's built-in HOG people detector (no
-    model file needed) against its reference, on 24 vtest frames."""
+    """A short real run: the default pipeline (the TFLite SSD) against its reference, on 24
+    vtest frames."""
+    model, labels = REPO_ROOT / DEFAULT_MODEL, REPO_ROOT / DEFAULT_LABELS
+    if not (model.is_file() and labels.is_file()):
+        pytest.fail(f"{model} missing: run {FETCH_COMMAND} (or ./scripts/setup.sh)",
+                    pytrace=False)
     cfg = tmp_path / "bench.yaml"
     cfg.write_text(f"""site: b
 state_dir: {tmp_path / 'state'}
-detector: {{backend: hog}}
+detector: {{backend: tflite, model: {model}, labels_file: {labels}}}
 describer: {{backend: none}}
 cameras: [{{name: v, url: {sample_video}}}]
 """)
