@@ -222,7 +222,10 @@ def bench(settings: Settings, video: str, args: argparse.Namespace, workdir: Pat
             sub = _Subscriber(broker.host, broker.port, f"streamd/{v['site']}")
             try:
                 print(f"bench: running {name} …", file=sys.stderr, flush=True)
-                run = _in_child(measure, str(path), args.frames)
+                try:
+                    run = _in_child(measure, str(path), args.frames)
+                except Exception as exc:  # the child's own error, re-raised here by the pool
+                    raise RuntimeError(f"the {name} run failed: {exc}") from exc
                 if run["exit"] != 0:
                     raise RuntimeError(f"the {name} daemon exited with {run['exit']}")
                 sub.wait_final(30)
