@@ -80,7 +80,8 @@ class App:
         self._reload = threading.Event()
         self._stop = threading.Event()
         self._ended = False
-        self._deadline = Deadline(STOP_BUDGET_S)
+        self._deadline: Deadline | None = None
+        """Shared by every stop step; starts with the first of them (`_stop_deadline`)."""
         self._stranded = 0
 
     def request_stop(self, why: str) -> None:
@@ -147,7 +148,6 @@ class App:
             log.info("running site=%s cameras=%d detector=%s describer=%s", s.site,
                      len(self.cameras), s.detector.backend, s.describer.backend)
             self._loop()
-            self._deadline = Deadline(STOP_BUDGET_S)
             stopping_mono = time.monotonic()
         log.info("stopped in %.1fs", time.monotonic() - stopping_mono)
         if self._ended and self._stranded:
@@ -214,24 +214,30 @@ class App:
         if pending:
             log.warning("%d messages still unacknowledged after %.0fs", pending, timeout_s)
 
+    def _stop_deadline(self) -> Deadline:
+        if self._deadline is None:
+            self._deadline = Deadline(STOP_BUDGET_S)
+        return self._deadline
+
     def _stop_cameras(self) -> None:
         """Signal every camera, then join them all against the shared deadline."""
         t0 = time.monotonic()
+        deadline = self._stop_deadline()
         for cam in self.cameras.values():
-            cam.request_stop(self._deadline)
+            cam.request_stop(deadline)
         for cam in self.cameras.values():
-            if not cam.join(self._deadline):
+            if not cam.join(deadline):
                 self.abandoned = True
         log.info("cameras stopped in %.1fs", time.monotonic() - t0)
 
     def _stop_detector(self, service: DetectorService) -> None:
-        if service.stop(self._deadline.remaining()):
+        if service.stop(self._stop_deadline().remaining()):
             service.detector.close()
         else:  # a call still runs inside the detector; closing it under that call is unsafe
             self.abandoned = True
 
     def _stop_describer(self, service: DescriberService) -> None:
-        service.stop(drain_timeout_s=min(3.0, self._deadline.remaining()))
+        service.stop(drain_timeout_s=min(3.0, self._stop_deadline().remaining()))
 
     def _stop_publisher(self) -> None:
         self._stranded = self.publisher.stop(flush_timeout_s=FLUSH_BUDGET_S)
