@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -158,36 +159,49 @@ class View:
 
 def test_descriptions_from_another_thread_reach_the_view_and_snapshots(
         publisher: tuple[Publisher, list[dict[str, Any]]]) -> None:
-    """The describer thread hands texts over while the publish thread draws: none is lost,
-    the latest per object wins, and objects the tracker dropped are forgotten."""
+    """The describer thread hands texts over while the publish thread draws snapshots: none
+    is lost, the latest per object wins, and objects the tracker dropped are forgotten."""
     pub, seen = publisher
     view = View()
-    n = 200
+    n, rounds = 200, 100
 
     def tracker() -> Tracker:
-        t = Tracker(TrackerSettings(max_missed=5))
+        t = Tracker(TrackerSettings(max_missed=1000))
         xy = np.arange(n, dtype=np.float32)[:, None] * 10
         t.update(Detections(np.hstack([xy, xy, xy + 5, xy + 5]), np.ones(n, np.float32),
                             np.zeros(n, np.int64), labels=("person",)))
-        return t  # ids 1..n alive for 5 more frames without detections
+        return t  # ids 1..n stay alive without detections
 
     pipe = CameraPipeline(CAMERA, FrameSlot(), stages(pub, view=view, make_tracker=tracker))
+
     def describe() -> None:
-        for i in range(20 * n):
+        for i in range(rounds * n):
             pipe.note_description(i % n + 1, f"text {i}")
+            if i >= (rounds - 1) * n:
+                time.sleep(0.0005)  # the last round overlaps many snapshots
 
     writer = threading.Thread(target=describe)
-    clip = frames(8, stream=1)
-    writer.start()
-    for f in clip[:3]:
-        pipe.finish(pipe.analyse(f))
-    writer.join()
-    pipe.request_snapshot()
-    pipe.finish(pipe.analyse(clip[3]))
-    assert view.offers[-1][1] == {i % n + 1: f"text {i}" for i in range(19 * n, 20 * n)}
-    assert pub.outbox.after(0, 10_000)[-1].kind == "snapshot"
-    for f in clip[4:]:
-        pipe.finish(pipe.analyse(f))
-    assert view.offers[-1][1] == {}, "objects the tracker retired are forgotten"
+    image = frames(1, stream=1)[0].image
+    fid = 0
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as the interpreter can
+    try:
+        writer.start()
+        while writer.is_alive() or fid < 3:
+            fid += 1
+            pipe.request_snapshot()
+            pipe.finish(pipe.analyse(Frame("cam", fid, 1e9 + fid, image, stream=1)))
+        writer.join()
+    finally:
+        sys.setswitchinterval(old)
+    pipe.finish(pipe.analyse(Frame("cam", fid + 1, 1e9 + fid + 1, image, stream=1)))
+    latest = {i % n + 1: f"text {i}" for i in range((rounds - 1) * n, rounds * n)}
+    assert view.offers[-1][1] == latest
+    assert sum(r.kind == "snapshot" for r in pub.outbox.after(0, 100_000)) == fid
     assert [o[0] for o in view.offers] == [p["frame_id"] for p in seen], \
         "the view is offered exactly the published frames"
+    retire = Tracker(TrackerSettings(max_missed=0))
+    pipe = CameraPipeline(CAMERA, FrameSlot(), stages(pub, view=view, make_tracker=lambda: retire))
+    pipe.note_description(1, "gone")
+    pipe.finish(pipe.analyse(Frame("cam", 1, 1e9, image, stream=1)))
+    assert view.offers[-1][1] == {}, "objects the tracker does not follow are forgotten"
