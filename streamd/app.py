@@ -28,12 +28,14 @@ from streamd.describe import Description, create_describer
 from streamd.describe.base import DescriberBaseSettings
 from streamd.describe.service import DescriberService
 from streamd.detect import DetectorService, create_detector
-from streamd.detect.schedule import IntervalSchedule
+from streamd.detect.adaptive import AdaptiveSchedule, DetectorLoad, RateBoard
+from streamd.detect.schedule import DetectionSchedule, IntervalSchedule
 from streamd.metrics import MetricsServer
 from streamd.notify import Notifier
 from streamd.pipeline import Camera, FrameView, Stages
 from streamd.publish import Publisher
 from streamd.report import Report
+from streamd.shed import ShedGovernor
 from streamd.state import StateStore
 from streamd.threads import Deadline
 from streamd.track import Tracker
@@ -115,10 +117,14 @@ class App:
             stack.callback(self._stop_publisher)
             stack.callback(self.report.publish_stats)  # a final figure after the drain
             input_size = 320
+            adaptive = s.detector.interval is None
+            if adaptive:  # the default; an explicit detector.interval is the fixed policy
+                self.report.governor = ShedGovernor(s.detector.latency_target_ms)
+            load = DetectorLoad(s.detector.latency_target_ms) if adaptive else None
             if detector is not None:
                 input_size = detector.input_size
                 service = self.detector_service = self.report.detector = \
-                    DetectorService(detector)
+                    DetectorService(detector, load=load)
                 stack.callback(self._stop_detector, service)
                 service.start()
             describer = create_describer(s.describer, self.config.describer_api_key)
@@ -139,8 +145,8 @@ class App:
                 describer=self.describer_service, motion=s.motion, snapshots=s.snapshots,
                 make_tracker=functools.partial(Tracker, s.tracker),
                 publish_empty=s.mqtt.publish_empty, view=self.view,
-                make_schedule=lambda cam: IntervalSchedule.for_camera(s.detector, cam.name,
-                                                                      input_size))
+                make_schedule=functools.partial(self._schedule, input_size, load),
+                governor=self.report.governor)
             stack.callback(self._stop_cameras)
             for cam in s.cameras:
                 if cam.enabled:
@@ -156,6 +162,20 @@ class App:
                       self._stranded, s.mqtt.drain_timeout_s, EXIT_TEMPFAIL)
             return EXIT_TEMPFAIL
         return EXIT_OK
+
+    def _schedule(self, input_size: int, load: DetectorLoad | None,
+                  cam: CameraSettings) -> DetectionSchedule:
+        """The fixed policy when `detector.interval` is set, else the adaptive one: each
+        camera's rate from one board that splits the measured detector capacity."""
+        det = self.settings.detector
+        service = self.detector_service
+        if load is None or service is None:
+            return IntervalSchedule.for_camera(det, cam.name, input_size)
+        if self.report.rates is None:
+            self.report.rates = RateBoard(load, det.min_rate_hz)
+        return AdaptiveSchedule.for_camera(
+            det, cam.name, input_size, self.report.rates,
+            paced=cam.kind != "file" or cam.realtime, backlogged=service.backlogged)
 
     def _camera(self, settings: CameraSettings) -> Camera:
         assert self._stages is not None

@@ -153,9 +153,18 @@ def stats(*, state: CameraState, interval_s: float, frames: int, frames_analysed
           stage_ms: Mapping[str, float], latency_ms: Mapping[str, float] | None,
           dropped: int, frames_read: int, fps_in: float, skipped: int, decode_errors: int,
           reconnects: int, analysis_errors: int,
-          shared: Mapping[str, Any]) -> dict[str, Any]:
+          shared: Mapping[str, Any], fps_detected: float = 0.0,
+          detect_rate_hz: float | None = None, detector_runs: int = 0,
+          detector_deferred: int = 0, shed: Mapping[str, int] | None = None
+          ) -> dict[str, Any]:
     """Per-camera figures over the last interval (rates) and since start (totals), plus the
-    fleet-wide `shared` ones (outbox, detector, describer)."""
+    fleet-wide `shared` ones (outbox, detector, describer, analysis share).
+
+    `fps_detected`: frames sent to the detector per second over the interval;
+    `detect_rate_hz`: the rate the adaptive schedule allocated (None with a fixed
+    `detector.interval`); `detector_deferred`: due runs deferred because the detector's queue
+    held its share; `shed`: frames not analysed, by reason (`cpu`: motion could not keep up).
+    """
     return {
         "ts": round(time.time(), 6),
         "state": state.value,
@@ -171,5 +180,10 @@ def stats(*, state: CameraState, interval_s: float, frames: int, frames_analysed
         "decode_errors": decode_errors,
         "reconnects": reconnects,
         "analysis_errors": analysis_errors,
+        "fps_detected": round(fps_detected, 2),
+        "detect_rate_hz": round(detect_rate_hz, 2) if detect_rate_hz is not None else None,
+        "detector_runs": detector_runs,
+        "detector_deferred": detector_deferred,
+        "shed": dict(shed or {}),
         **shared,
     }

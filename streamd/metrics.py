@@ -44,6 +44,13 @@ class CameraFigures:
     stage_ms: dict[str, float] = field(default_factory=dict)
     latency_ms: dict[str, float] | None = None
     analysis_errors: int = 0
+    detector_runs: int = 0
+    detector_deferred: int = 0
+    shed: dict[str, int] = field(default_factory=dict)
+    detect_hz: float = 0.0
+    """Detector runs per second since the previous scrape."""
+    detect_rate_hz: float | None = None
+    """The adaptive schedule's allocated rate (None with a fixed `detector.interval`)."""
 
 
 @dataclass
@@ -105,6 +112,8 @@ class _Collector:
             "decode_errors": "Frames that failed to decode",
             "reconnects": "Source reconnects",
             "analysis_errors": "Frames whose analysis failed (logged once per kind)",
+            "detector_runs": "Frames sent to the detector",
+            "detector_deferred": "Due detector runs deferred: the detector's queue was full",
         }
         for key, doc in counters.items():
             m = CounterMetricFamily(f"streamd_{key}", doc, labels=["camera"])
@@ -117,6 +126,19 @@ class _Collector:
                                     "the last messages", labels=["camera", "quantile"])
         state = GaugeMetricFamily("streamd_camera_state", "1 for the camera's current state",
                                   labels=["camera", "state"])
+        shed = CounterMetricFamily("streamd_shed", "Frames not analysed, by reason (cpu: "
+                                   "motion could not keep up)", labels=["camera", "reason"])
+        detect_hz = GaugeMetricFamily("streamd_detect_hz", "Detector runs per second since "
+                                      "the previous scrape", labels=["camera"])
+        allocated = GaugeMetricFamily("streamd_detect_rate_hz", "Detector rate the adaptive "
+                                      "schedule allocated", labels=["camera"])
+        for name, cam in f.cameras.items():
+            for reason, n in cam.shed.items():
+                shed.add_metric([name, reason], n)
+            detect_hz.add_metric([name], cam.detect_hz)
+            if cam.detect_rate_hz is not None:
+                allocated.add_metric([name], cam.detect_rate_hz)
+        yield from (shed, detect_hz, allocated)
         for name, cam in f.cameras.items():
             for key, ms in cam.stage_ms.items():
                 stage.add_metric([name, key], ms / 1000.0)

@@ -34,12 +34,13 @@ from streamd.counters import Failures, StageTimes
 from streamd.describe import DescribeRequest
 from streamd.describe.service import DescriberService
 from streamd.detect import DetectorService, ServiceStopped
-from streamd.detect.schedule import DetectionSchedule
+from streamd.detect.schedule import YOUNG_TRACK_S, DetectionSchedule, TrackSummary
 from streamd.detections import Detections
 from streamd.frames import Frame, FrameSlot
 from streamd.geometry import most_overlapping
 from streamd.motion import MotionSettings, MotionStage, Rois
 from streamd.publish import Publisher
+from streamd.shed import SHED_REASON, ShedGovernor
 from streamd.snapshot import SnapshotSettings, annotate
 from streamd.state import Counter
 from streamd.threads import Deadline, join, name_os_thread
@@ -79,6 +80,9 @@ class Stages:
     make_schedule: Callable[[CameraSettings], DetectionSchedule]
     publish_empty: bool = False
     view: FrameView | None = None
+    governor: ShedGovernor | None = None
+    """Sheds frames of paced cameras (live, realtime files) evenly when motion cannot keep
+    up; None: never shed."""
 
 
 @dataclass
@@ -106,6 +110,12 @@ class CameraPipeline:
         self.camera = camera
         self.slot = slot
         self.analysed = 0
+        self.detector_runs = 0
+        """Frames sent to the detector (the stats' `fps_detected` is its rate)."""
+        self.deferred = 0
+        """Due detector runs deferred because the detector's queue held its share."""
+        self.shed = {SHED_REASON: 0}
+        """Frames taken from the slot but not analysed, by reason (analysis thread only)."""
         self.times = StageTimes()
         self.failures = Failures(log, "analysis")
         """Frames whose analysis raised, by kind; counted from both threads."""
@@ -128,6 +138,15 @@ class CameraPipeline:
         self._stop_by: float | None = None
         self._analysis_done = threading.Event()
         live = camera.kind != "file" or camera.realtime
+        self._paced = live
+        """Frames come at the source's pace (not a lossless file, which waits for us)."""
+        self._governor = stages.governor if live else None
+        self._tracks_lock = threading.Lock()
+        self._tracks = TrackSummary()
+        """What the tracker knew after its last update: written by the publish thread, read
+        by the analysis thread's schedule, under `_tracks_lock`."""
+        self._first_seen: dict[int, float] = {}
+        """Schedule time each live track id was first published (publish thread only)."""
         self._pending: queue.Queue[_Pending] = queue.Queue(
             self.IN_FLIGHT_LIVE if live else self.IN_FLIGHT_FILE)
         self._thread = threading.Thread(target=self._run, name=f"analysis-{camera.name}",
@@ -180,6 +199,10 @@ class CameraPipeline:
                     if self.slot.closed:
                         break
                     continue
+                governor = self._governor
+                if governor is not None and not governor.admit(self.camera.name):
+                    self.shed[SHED_REASON] += 1
+                    continue
                 try:
                     pending = self.analyse(frame)
                 except Exception as exc:  # one bad frame must not end a camera
@@ -231,17 +254,47 @@ class CameraPipeline:
         rois = motion.propose(frame) if motion is not None else Rois.empty()
         mask = getattr(motion, "last_mask", None)
         pending = _Pending(frame, rois, (time.perf_counter() - t0) * 1000.0, mask)
+        if self._governor is not None and frame.captured_mono > 0:
+            self._governor.observe(self.camera.name,
+                                   (time.monotonic() - frame.captured_mono) * 1000.0,
+                                   self.slot.dropped)
         index = self.analysed
         self.analysed += 1
         service = self._stages.detector
         if service is None:
             return pending
-        decision = self._schedule.decide(index, rois.xyxy, frame.wh)
+        with self._tracks_lock:
+            tracks = self._tracks
+        decision = self._schedule.decide(index, rois.xyxy, frame.wh, self._time(frame),
+                                         tracks)
         if decision.run:
             pending.detection = service.submit(frame, decision.regions)
+            self.detector_runs += 1
         else:
             pending.carry_steps = decision.carry_steps
+            self.deferred += decision.deferred
         return pending
+
+    def _time(self, frame: Frame) -> float:
+        """The frame's schedule time: when it was captured, or for a lossless file (read as
+        fast as analysis goes) its stream time, so its detector rate is per second of video."""
+        if not self._paced and frame.pts is not None:
+            return frame.pts
+        return frame.captured_mono
+
+    def _hand_over_tracks(self, frame: Frame, dets: Detections) -> None:
+        """Publish thread: tell the schedule how many tracks live and which are young."""
+        now = self._time(frame)
+        live = set(self._tracker.active_ids)
+        seen = self._first_seen = {k: v for k, v in self._first_seen.items()
+                                   if k in live and v <= now}
+        young = np.zeros(len(dets), bool)
+        for i, track_id in enumerate(dets.tracker_id.tolist()):
+            first = seen.setdefault(int(track_id), now)
+            young[i] = now - first < YOUNG_TRACK_S
+        summary = TrackSummary(len(live), dets.xyxy[young])
+        with self._tracks_lock:
+            self._tracks = summary
 
     def finish(self, pending: _Pending) -> None:
         """Objects (in frame order), tracking, publishing, describing."""
@@ -257,6 +310,7 @@ class CameraPipeline:
             dets = self._tracker.carry(pending.carry_steps)
         else:
             dets = self._tracker.update(dets)
+        self._hand_over_tracks(frame, dets)
         t3 = time.perf_counter()
         if len(rois) or len(dets) or stages.publish_empty:
             stages.publisher.publish_camera(self.camera.name, Kind.DETECTIONS,

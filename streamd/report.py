@@ -15,13 +15,16 @@ from streamd import contract
 from streamd.contract import CameraState, Kind
 from streamd.describe.service import DescriberService
 from streamd.detect import DetectorService
+from streamd.detect.adaptive import RateBoard
 from streamd.metrics import CameraFigures, Figures
 from streamd.pipeline import Camera
 from streamd.publish import Publisher
+from streamd.shed import ShedGovernor
 
 
 class Report:
-    """Reads the fleet's figures; `detector` and `describer` are set once they exist."""
+    """Reads the fleet's figures; `detector`, `describer`, `rates` (the adaptive schedule's
+    board) and `governor` (shedding) are set once they exist."""
 
     def __init__(self, publisher: Publisher, cameras: Callable[[], Mapping[str, Camera]]
                  ) -> None:
@@ -29,12 +32,22 @@ class Report:
         self._cameras = cameras
         self.detector: DetectorService | None = None
         self.describer: DescriberService | None = None
+        self.rates: RateBoard | None = None
+        self.governor: ShedGovernor | None = None
         self._last_stats_mono = time.monotonic()
         self._last_frames_in: dict[str, int] = {}
+        self._last_runs: dict[str, int] = {}
+        self._scraped: tuple[float, dict[str, int]] = (time.monotonic(), {})
+        """When Prometheus last scraped, and each camera's detector runs then."""
 
     def forget(self, camera: str) -> None:
         """A camera left (reload): its rates restart from zero if it comes back."""
         self._last_frames_in.pop(camera, None)
+        self._last_runs.pop(camera, None)
+        if self.rates is not None:
+            self.rates.remove(camera)
+        if self.governor is not None:
+            self.governor.forget(camera)
 
     def publish_stats(self) -> None:
         """Per camera: rates over the time since the last stats, totals since start."""
@@ -50,6 +63,15 @@ class Report:
                                   "last_batch_size": d.last_batch_size,
                                   "infer_ms": round(d.infer_ms_ema, 2),
                                   "errors": d.failures.counts()}
+            if d.load is not None:
+                shared["detector"].update(
+                    ms_per_image=round(d.load.ms_per_image, 2),
+                    utilisation=round(d.load.utilisation, 3),
+                    capacity_ips=round(d.load.capacity_ips(), 1),
+                    queued=d.queued_images)
+        if self.governor is not None:
+            shared["analysis_share"] = round(self.governor.factor, 3)
+        rates = self.rates.rates() if self.rates is not None else {}
         if self.describer is not None:
             shared["describer"] = self.describer.snapshot()
         for name, camera in list(self._cameras().items()):
@@ -58,18 +80,27 @@ class Report:
             st = cap.stats
             last = self._last_frames_in.get(name, 0)
             self._last_frames_in[name] = st.frames_read
+            runs, last_runs = pipe.detector_runs, self._last_runs.get(name, 0)
+            self._last_runs[name] = runs
             payload = contract.stats(
                 state=cap.state, interval_s=elapsed, frames=frames,
                 frames_analysed=pipe.analysed, stage_ms=stage_ms,
                 latency_ms=pub.latency[name].percentiles(), dropped=pipe.slot.dropped,
                 frames_read=st.frames_read, fps_in=(st.frames_read - last) / elapsed,
                 skipped=st.skipped, decode_errors=st.decode_errors,
-                reconnects=st.reconnects, analysis_errors=pipe.failures.total, shared=shared)
+                reconnects=st.reconnects, analysis_errors=pipe.failures.total, shared=shared,
+                fps_detected=(runs - last_runs) / elapsed,
+                detect_rate_hz=rates.get(name, 0.0) if self.rates is not None else None,
+                detector_runs=runs, detector_deferred=pipe.deferred, shed=pipe.shed)
             pub.publish_camera(name, Kind.STATS, payload, qos=pub.settings.mqtt.stats_qos)
 
     def figures(self) -> Figures:
         """Cumulative figures for the Prometheus endpoint (read at scrape time)."""
         cams = {}
+        now = time.monotonic()
+        since, runs_then = self._scraped
+        runs_now: dict[str, int] = {}
+        rates = self.rates.rates() if self.rates is not None else {}
         for name, camera in list(self._cameras().items()):
             st, pipe = camera.capture.stats, camera.pipeline
             frames, stage_ms = pipe.times.totals()
@@ -78,7 +109,12 @@ class Report:
                 dropped=pipe.slot.dropped, skipped=st.skipped, decode_errors=st.decode_errors,
                 reconnects=st.reconnects, stage_ms={"decode": st.decode_ms, **stage_ms},
                 latency_ms=self._publisher.latency[name].percentiles(),
-                analysis_errors=pipe.failures.total)
+                analysis_errors=pipe.failures.total, detector_runs=pipe.detector_runs,
+                detector_deferred=pipe.deferred, shed=dict(pipe.shed),
+                detect_hz=(pipe.detector_runs - runs_then.get(name, 0)) / max(now - since, 1e-3),
+                detect_rate_hz=rates.get(name) if self.rates is not None else None)
+            runs_now[name] = pipe.detector_runs
+        self._scraped = (now, runs_now)
         d = self.detector
         described = self.describer.snapshot() if self.describer else {}
         pub = self._publisher

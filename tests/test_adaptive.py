@@ -1,10 +1,26 @@
-"""The adaptive split of detector capacity between cameras (pure logic, no threads)."""
+"""The adaptive split of detector capacity between cameras, the per-camera schedule built on
+it, and what the detector service measures for it."""
 
 from __future__ import annotations
 
+import threading
+import time
+from typing import Any
+
+import numpy as np
 import pytest
 
-from streamd.detect.adaptive import Demand, DetectorLoad, RateBoard, share_rates
+from streamd.detect import DetectorService
+from streamd.detect.adaptive import (
+    AdaptiveSchedule,
+    Demand,
+    DetectorLoad,
+    RateBoard,
+    share_rates,
+)
+from streamd.detect.schedule import NO_TRACKS, IntervalSchedule, TrackSummary
+from streamd.frames import Frame
+from tests.test_detect import WhiteBlobDetector, blob_image
 
 MOVING = Demand(fps=10, images_per_run=1, active=True)
 STILL = Demand(fps=10, images_per_run=1, active=False)
@@ -71,3 +87,88 @@ def test_board_recomputes_and_forgets_stale_cameras() -> None:
     assert board.report("b", MOVING) == pytest.approx(7.0)
     board.remove("b")
     assert board.rates() == {}
+
+
+# -- AdaptiveSchedule: one camera's decisions, frame after frame (10 fps, t in seconds) --------
+
+WH = (640, 480)
+NO_ROIS = np.empty((0, 4), np.int32)
+SMALL = np.array([[100, 100, 140, 180]], np.int32)
+YOUNG_TRACK = TrackSummary(live=1, young_xyxy=np.array([[300, 200, 340, 280]], np.float32))
+
+
+def run_schedule(ms_per_image: float, rois: list[np.ndarray], *,
+                 tracks: TrackSummary = NO_TRACKS, backlogged: bool = False,
+                 paced: bool = True) -> tuple[list[str], AdaptiveSchedule]:
+    """'C' crops, 'F' whole frame, 'c<steps>' carried, 'd' due but deferred, '-' skip."""
+    now = [0.0]
+    board = RateBoard(DetectorLoad(250, initial_ms_per_image=ms_per_image), 2.0,
+                      clock=lambda: now[0])
+    schedule = AdaptiveSchedule("cam", board, input_size=320, paced=paced,
+                                backlogged=lambda: backlogged)
+    out = []
+    for i, r in enumerate(rois):
+        now[0] = i / 10
+        d = schedule.decide(i, r, WH, now[0], tracks)
+        out.append("d" if d.deferred else "F" if d.run and d.regions is None else "C"
+                   if d.run else f"c{d.carry_steps:.1f}" if d.carry_steps is not None else "-")
+    return out, schedule
+
+
+@pytest.mark.parametrize(("ms_per_image", "rois", "kw", "expected"), [
+    # a still camera: no detector time at all, tracks age
+    (1, [NO_ROIS] * 4, {}, ["-"] * 4),
+    # capacity to spare: every frame with motion, nothing without
+    (1, [SMALL, SMALL, NO_ROIS, SMALL], {}, ["C", "C", "-", "C"]),
+    # capacity for 2 runs/s (0.7 x 1000 / 350 ms): the floor, every 5th frame, carried between
+    (350, [SMALL] * 11, {},
+     ["C", "c0.2", "c0.4", "c0.6", "c0.8", "C", "c0.2", "c0.4", "c0.6", "c0.8", "C"]),
+    # motion comes back after a still spell: due at once
+    (350, [SMALL, NO_ROIS, NO_ROIS, NO_ROIS, NO_ROIS, NO_ROIS, NO_ROIS, SMALL], {},
+     ["C", "-", "-", "-", "-", "-", "-", "C"]),
+    # nothing moves but a young track: looked at again (around its box)
+    (1, [NO_ROIS] * 2, {"tracks": YOUNG_TRACK}, ["C", "C"]),
+    # the detector's queue holds its share: due runs are deferred, the tracker carries
+    (1, [SMALL] * 3, {"backlogged": True}, ["d", "d", "d"]),
+    # ... except for a lossless file, whose reader waits anyway
+    (1, [SMALL] * 2, {"backlogged": True, "paced": False}, ["C", "C"]),
+])
+def test_adaptive_decisions(ms_per_image: float, rois: list[np.ndarray], kw: dict[str, Any],
+                            expected: list[str]) -> None:
+    assert run_schedule(ms_per_image, rois, **kw)[0] == expected
+
+
+def test_adaptive_reports_its_rate_and_plans_crops_like_the_fixed_policy() -> None:
+    _, schedule = run_schedule(350, [SMALL] * 3)
+    assert schedule.allocated_hz == pytest.approx(2.0)
+    assert schedule.fps == pytest.approx(10.0)
+    board = RateBoard(DetectorLoad(250, initial_ms_per_image=1), 2.0)
+    adaptive = AdaptiveSchedule("cam", board, input_size=320).decide(0, SMALL, WH, 0.0,
+                                                                      NO_TRACKS)
+    fixed = IntervalSchedule(input_size=320).decide(0, SMALL, WH)
+    assert adaptive.run and fixed.run and adaptive.regions is not None
+    np.testing.assert_array_equal(adaptive.regions, fixed.regions)
+    half = np.array([[0, 0, 640, 240]], np.int32)
+    assert AdaptiveSchedule("b", board, input_size=320).decide(
+        0, half, WH, 0.0, NO_TRACKS).regions is None, "half the frame: one whole-frame pass"
+
+
+def test_service_measures_the_detector_and_says_when_its_queue_is_full() -> None:
+    gate = threading.Event()
+    load = DetectorLoad(latency_target_ms=250, initial_ms_per_image=1000)
+    det = WhiteBlobDetector(gate=gate)
+    image = blob_image((300, 200, 340, 280))
+    with DetectorService(det, batch_wait_ms=0, load=load) as service:
+        first = service.submit(Frame("a", 1, 0.0, image))
+        while service.queued_images > 0:  # until the worker took the first frame
+            time.sleep(0.01)
+        assert not service.backlogged()
+        waiting = [service.submit(Frame("a", i, 0.0, image)) for i in range(2, 5)]
+        assert service.queued_images == 3 and service.backlogged()  # 3 s of work queued
+        time.sleep(0.1)
+        gate.set()
+        for f in [first, *waiting]:
+            assert len(f.result(5)) == 1
+    assert not service.backlogged()
+    assert load.ms_per_image < 1000, "measured, replacing the initial guess"
+    assert load.utilisation < 0.7, "the second batch waited past a quarter of the target"

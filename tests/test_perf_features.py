@@ -62,3 +62,5 @@ def test_prometheus_endpoint_serves_the_running_figures(
     assert lines["streamd_mqtt_connected"] == 1.0
     assert 'streamd_stage_seconds_total{camera="cam",stage="motion"}' in lines
     assert 'streamd_describer{figure="offered"}' in lines
+    assert lines['streamd_shed_total{camera="cam",reason="cpu"}'] >= 0
+    assert lines['streamd_detector_runs_total{camera="cam"}'] == 0, "no detector configured"

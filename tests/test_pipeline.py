@@ -27,7 +27,7 @@ from streamd.contract import Kind
 from streamd.counters import StageTimes
 from streamd.detect import DetectorService
 from streamd.detect.hog import HOGDetector, HOGDetectorSettings
-from streamd.detect.schedule import Decision, IntervalSchedule
+from streamd.detect.schedule import Decision, IntervalSchedule, TrackSummary
 from streamd.detections import Detections
 from streamd.frames import Frame, FrameSlot
 from streamd.motion import MotionSettings, Rois
@@ -85,8 +85,8 @@ class Scripted:
     def __init__(self, script: list[Decision]) -> None:
         self.script = list(script)
 
-    def decide(self, index: int, rois_xyxy: npt.ArrayLike, frame_wh: tuple[int, int]
-               ) -> Decision:
+    def decide(self, index: int, rois_xyxy: npt.ArrayLike, frame_wh: tuple[int, int],
+               t_s: float, tracks: TrackSummary) -> Decision:
         return self.script[index]
 
 

@@ -16,6 +16,11 @@ Capacity is `utilisation * 1000 / ms_per_image` images per second. The utilisati
 detector's queueing delay (additive increase, multiplicative decrease): a queue that waits
 longer than a quarter of the latency target means the detector is oversubscribed, so the
 backlog stays bounded instead of growing.
+
+`AdaptiveSchedule` is the per-camera side (the `DetectionSchedule` seam, the default when
+`detector.interval` is not set): time-based, it runs the detector when the camera's allocated
+rate says a run is due and something moves or a young track exists; between runs the tracker
+carries the boxes.
 """
 
 from __future__ import annotations
@@ -25,9 +30,18 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+import numpy as np
+import numpy.typing as npt
+
+from streamd.detect.base import DetectorSettingsBase
+from streamd.detect.schedule import SKIP, Decision, TrackSummary, camera_phase, plan_crops
+from streamd.detections import IntArray
+
 EMA_ALPHA = 0.1
 UTILISATION_MIN = 0.3
 UTILISATION_MAX = 0.9
+UTILISATION_STEP = 0.01
+"""Additive increase per batch that did not wait long (~3 s from the floor at 20 calls/s)."""
 RECOMPUTE_S = 0.25
 """Allocations are recomputed at most this often (each camera reports every frame)."""
 STALE_S = 2.0
@@ -115,12 +129,13 @@ class DetectorLoad:
             self._measured = True
 
     def observe_wait(self, ms: float) -> None:
-        """A request waited `ms` in the detector's queue before its batch started."""
+        """A batch's oldest request waited `ms` in the queue before the batch started (the
+        service reports one figure per batch)."""
         with self._lock:
             if ms > self.latency_target_ms / 4:
                 self._utilisation = max(UTILISATION_MIN, self._utilisation * 0.9)
             else:
-                self._utilisation = min(UTILISATION_MAX, self._utilisation + 0.002)
+                self._utilisation = min(UTILISATION_MAX, self._utilisation + UTILISATION_STEP)
 
     @property
     def ms_per_image(self) -> float:
@@ -141,9 +156,9 @@ class DetectorLoad:
 class RateBoard:
     """The shared table of camera demands and their allocated detector rates.
 
-    Each camera's analysis thread calls `report()` once per frame and reads `rate_hz()`; the
-    split is recomputed at most every `RECOMPUTE_S` by whichever thread reports next, under
-    one lock, so no thread of its own is needed.
+    Each camera's analysis thread calls `report()` once per frame and gets its rate back; the
+    split is recomputed every `RECOMPUTE_S`, and at once when a camera starts or stops being
+    active, by whichever thread reports, under one lock, so no thread of its own is needed.
     """
 
     def __init__(self, load: DetectorLoad, min_rate_hz: float,
@@ -160,8 +175,11 @@ class RateBoard:
         """Record `camera`'s demand; return its current rate (runs per second)."""
         now = self._clock()
         with self._lock:
+            before = self._demands.get(camera)
             self._demands[camera] = (now, demand)
-            if now >= self._next_compute or camera not in self._rates:
+            changed = before is None or (before[1].active, before[1].young_tracks) != (
+                demand.active, demand.young_tracks)  # motion starts: a rate at once
+            if now >= self._next_compute or changed or camera not in self._rates:
                 self._next_compute = now + RECOMPUTE_S
                 fresh = {n: d for n, (t, d) in self._demands.items() if now - t <= STALE_S}
                 self._rates = share_rates(self.load.capacity_ips(), fresh, self.min_rate_hz)
@@ -176,3 +194,128 @@ class RateBoard:
         """The last split, for stats and Prometheus."""
         with self._lock:
             return dict(self._rates)
+
+
+FRAME_DT_MAX_S = 2.0
+"""A longer gap between two frames (a reconnect, a stall) is not the camera's frame rate."""
+FIRST_FPS = 30.0
+"""Assumed for a camera's first frame, before an interval between frames was seen."""
+
+
+class AdaptiveSchedule:
+    """One camera's detector runs at the rate the shared `RateBoard` allocates it.
+
+    Each frame reports the camera's demand: its analysed fps (measured from the frames'
+    times), the detector images one run costs (crops, or 1 for the whole frame) and whether
+    it is active (motion ROIs, or a track younger than `YOUNG_TRACK_S`). Then:
+
+    - not active: `SKIP` (no detector time; tracks age) — a still camera costs nothing;
+    - active and due by the allocated rate: run on crops around the ROIs (around the young
+      tracks when nothing moves); when the detector's queue already holds its share of work
+      (`backlogged`) the run is deferred (`Decision.deferred`) and the tracker carries;
+    - active and not due: the tracker carries the boxes, by the time since the last run in
+      units of the gap between runs (its velocity is per run).
+
+    `full_frame_every` N still sends every N-th frame whole, as with the fixed policy.
+    `paced` False (a lossless file, timed in its stream time: the reader waits for analysis,
+    nothing backs up) never defers. Called from the camera's analysis thread only.
+    """
+
+    def __init__(self, camera: str, board: RateBoard, *, input_size: int, max_crops: int = 1,
+                 full_frame_every: int = 0, phase: int = 0, paced: bool = True,
+                 backlogged: Callable[[], bool] = lambda: False) -> None:
+        if full_frame_every < 0 or max_crops < 1 or input_size < 1:
+            raise ValueError("need full_frame_every >= 0, max_crops >= 1, input_size >= 1")
+        self.camera = camera
+        self.board = board
+        self.input_size = input_size
+        self.max_crops = max_crops
+        self.full_frame_every = full_frame_every
+        self.phase = phase
+        self.paced = paced
+        self._backlogged = backlogged
+        self.allocated_hz = 0.0
+        """The rate the board gave this camera at its last frame (runs per second)."""
+        self._frame_dt: float | None = None
+        self._last_t: float | None = None
+        self._next_due: float | None = None
+        self._last_run: float | None = None
+        self._run_gap: float | None = None
+        self._images_per_run = 1.0
+
+    @classmethod
+    def for_camera(cls, settings: DetectorSettingsBase, camera: str, input_size: int,
+                   board: RateBoard, *, paced: bool,
+                   backlogged: Callable[[], bool]) -> AdaptiveSchedule:
+        """The `detector:` section's crop rules for one camera, its rate from `board`."""
+        return cls(camera, board, input_size=input_size, max_crops=settings.max_crops,
+                   full_frame_every=settings.full_frame_every, phase=camera_phase(camera),
+                   paced=paced, backlogged=backlogged)
+
+    @property
+    def fps(self) -> float:
+        """The camera's analysed frames per second, as measured from the frames' times."""
+        return 1.0 / self._frame_dt if self._frame_dt else FIRST_FPS
+
+    def decide(self, index: int, rois_xyxy: npt.ArrayLike, frame_wh: tuple[int, int],
+               t_s: float, tracks: TrackSummary) -> Decision:
+        rois = np.asarray(rois_xyxy, np.float64).reshape(-1, 4)
+        self._tick(t_s)
+        every = self.full_frame_every
+        full = every > 0 and (index + self.phase) % every == 0
+        active = len(rois) > 0 or tracks.young > 0
+        rate = self.allocated_hz = self.board.report(self.camera, Demand(
+            self.fps, self._images_per_run, active, tracks.young > 0))
+        if not (active or full):
+            return SKIP
+        if not (full or self._due(t_s)):
+            return Decision(run=False, carry_steps=self._carry_steps(t_s, rate))
+        if self.paced and self._backlogged():
+            return Decision(run=False, carry_steps=self._carry_steps(t_s, rate),
+                            deferred=True)
+        regions: IntArray | None = None
+        if not full:
+            regions = plan_crops(rois if len(rois) else tracks.young_xyxy, frame_wh,
+                                 self.input_size, self.max_crops)
+        self._ran(t_s, rate, 1 if regions is None else len(regions))
+        return Decision(run=True, regions=regions)
+
+    def _tick(self, t: float) -> None:
+        """Track the interval between frames; a clock that went back (a looped file's
+        stream time) starts the timing over."""
+        last, self._last_t = self._last_t, t
+        if last is None:
+            return
+        if t < last:
+            self._next_due = self._last_run = self._run_gap = None
+            return
+        dt = min(t - last, FRAME_DT_MAX_S)
+        if dt > 0:
+            self._frame_dt = dt if self._frame_dt is None else (
+                0.2 * dt + 0.8 * self._frame_dt)
+
+    def _due(self, t: float) -> bool:
+        """A run is due at `next_due`, or up to half a frame early (so a rate equal to the
+        camera's fps runs on every frame)."""
+        if self.allocated_hz <= 0:
+            return False
+        slack = 0.5 * (self._frame_dt or 0.0)
+        return self._next_due is None or t >= self._next_due - slack
+
+    def _ran(self, t: float, rate: float, images: int) -> None:
+        """Book a run: the next one is a period after this one's due time (so the average
+        holds the rate), or after now when the camera was idle for longer than a period."""
+        period = 1.0 / rate if rate > 0 else FRAME_DT_MAX_S
+        due = self._next_due
+        self._next_due = due + period if due is not None and t - due < period else t + period
+        if self._last_run is not None and t - self._last_run <= 3 * period:
+            self._run_gap = t - self._last_run
+        self._last_run = t
+        self._images_per_run = 0.8 * self._images_per_run + 0.2 * images
+
+    def _carry_steps(self, t: float, rate: float) -> float:
+        """How far the tracker carries: time since the last run, in run gaps."""
+        if self._last_run is None:
+            return 1.0
+        gap = self._run_gap or (1.0 / rate if rate > 0 else self._frame_dt or 1.0)
+        return (t - self._last_run) / max(gap, 1e-3)

@@ -33,9 +33,21 @@ class DetectorSettingsBase(StrictModel):
         "merged); when the crops would cover half the frame or more, the whole frame is "
         "detected in one pass instead. Each crop costs one full inference at `input_size`, "
         "so 1 is the cheapest; raise it when objects are small and far apart.")
-    interval: int = Field(
-        1, ge=1, le=100, description="Run the detector on every k-th analysed frame per "
-        "camera; in between the tracker carries the boxes forward (DeepStream's `interval`).")
+    interval: int | None = Field(
+        None, ge=1, le=100, description="Unset (default): adaptive — each camera's detector "
+        "rate follows the detector's measured capacity (`latency_target_ms`, `min_rate_hz`). "
+        "An integer k: the fixed policy instead, the detector on every k-th analysed frame "
+        "per camera; in between the tracker carries the boxes forward (DeepStream's "
+        "`interval`).")
+    latency_target_ms: float = Field(
+        250.0, gt=0, le=60_000, description="Adaptive scheduling: the capture→MQTT latency "
+        "to hold. The detector's queue is kept under a quarter of it (cameras defer due runs "
+        "past that), and analysis frames are shed evenly across cameras when motion alone "
+        "cannot keep frames under half of it.")
+    min_rate_hz: float = Field(
+        2.0, gt=0, le=100, description="Adaptive scheduling: detector runs per second every "
+        "camera with motion gets first, while the detector can give it (shared evenly when "
+        "it cannot); spare capacity goes to young tracks, then to everyone, max-min fair.")
 
     @property
     def runs(self) -> bool:

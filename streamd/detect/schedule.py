@@ -1,28 +1,34 @@
 """When and where the detector runs, per camera: the one place that decides it.
 
-The pipeline asks its schedule once per analysed frame, `decide(index, rois_xyxy, frame_wh)`,
-and gets a `Decision`: run the detector (on the whole frame, or on crop regions planned
-around the motion ROIs), or not, and if not, whether the tracker carries the last boxes
-forward (an inference interval skipped this frame) or ages them (nothing moved). This is
-the seam an adaptive scheduler replaces: anything with `decide` fits.
+The pipeline asks its schedule once per analysed frame, `decide(index, rois_xyxy, frame_wh,
+t_s, tracks)`, and gets a `Decision`: run the detector (on the whole frame, or on crop
+regions planned around the motion ROIs), or not, and if not, whether the tracker carries the
+last boxes forward (a detector run skipped this frame) or ages them (nothing moved). `t_s`
+is the frame's schedule time in seconds (capture monotonic time; stream time for a lossless
+file) and `tracks` what the camera's tracker last knew (`TrackSummary`, handed over from the
+publish thread). Two policies fit the seam:
 
-`IntervalSchedule` is the fixed policy the YAML describes:
+`IntervalSchedule`, the fixed policy (`detector.interval` set in the YAML):
 
 - `interval` k: the detector runs on every k-th analysed frame that has motion; the tracker
   carries the boxes in between (DeepStream's `interval`);
 - `full_frame_every` N: every N-th analysed frame goes to the detector whole, motion or not,
   so objects that stopped moving are not lost;
-- `max_crops`: the ROIs become at most this many square regions (`plan_regions`); regions
-  covering half the frame or more cost more than one whole-frame pass, so the whole frame
-  goes instead;
 - a per-camera phase (from the camera's name) offsets both counters, so cameras started
   together do not all hit the detector on the same tick.
+
+`AdaptiveSchedule` (`streamd.detect.adaptive`), the default: the detector runs when
+the camera's rate, allocated from measured detector capacity, says a run is due.
+
+Both plan crops the same way (`plan_crops`): the ROIs become at most `max_crops` square
+regions; regions covering half the frame or more cost more than one whole-frame pass, so the
+whole frame goes instead.
 """
 
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
@@ -30,7 +36,7 @@ import numpy.typing as npt
 
 from streamd.detect.base import DetectorSettingsBase
 from streamd.detect.crops import plan_regions
-from streamd.detections import IntArray
+from streamd.detections import FloatArray, IntArray
 
 WHOLE_FRAME_SHARE = 0.5
 """Crops covering this share of the frame or more: one whole-frame pass instead (each crop
@@ -49,17 +55,57 @@ class Decision:
     run: bool
     regions: IntArray | None = None
     carry_steps: float | None = None
+    deferred: bool = False
+    """A run was due but the detector's queue already held its share of work: the tracker
+    carries instead (counted; the queue never grows without bound)."""
 
 
 SKIP = Decision(run=False)
 """Nothing to detect and nothing to carry: tracks age."""
 
 
+def _no_boxes() -> FloatArray:
+    return np.empty((0, 4), np.float32)
+
+
+@dataclass(frozen=True)
+class TrackSummary:
+    """What a camera's tracker knew after its last update, for the schedule.
+
+    The tracker lives on the publish thread and the schedule on the analysis thread, so the
+    pipeline hands this immutable value over under a lock after each update.
+    """
+
+    live: int = 0
+    """Tracks alive (seen within the tracker's `max_missed`)."""
+    young_xyxy: FloatArray = field(default_factory=_no_boxes)
+    """(K, 4) boxes of tracks first seen less than `YOUNG_TRACK_S` ago, in frame pixels."""
+
+    @property
+    def young(self) -> int:
+        return len(self.young_xyxy)
+
+
+NO_TRACKS = TrackSummary()
+YOUNG_TRACK_S = 1.0
+"""A track this new is worth another look soon: it may be a false positive, or the object
+may have stopped moving before the detector confirmed it."""
+
+
 class DetectionSchedule(Protocol):
     """Decides, frame after frame, for one camera. Called from one thread only."""
 
-    def decide(self, index: int, rois_xyxy: npt.ArrayLike, frame_wh: tuple[int, int]
-               ) -> Decision: ...
+    def decide(self, index: int, rois_xyxy: npt.ArrayLike, frame_wh: tuple[int, int],
+               t_s: float, tracks: TrackSummary) -> Decision: ...
+
+
+def plan_crops(rois_xyxy: npt.ArrayLike, frame_wh: tuple[int, int], input_size: int,
+               max_crops: int) -> IntArray | None:
+    """Crop regions around the ROIs, or None when the whole frame is the cheaper pass."""
+    regions = plan_regions(rois_xyxy, frame_wh, input_size, max_crops)
+    w, h = frame_wh
+    area = float(np.prod(regions[:, 2:] - regions[:, :2], axis=1).sum())
+    return None if area >= WHOLE_FRAME_SHARE * w * h else regions
 
 
 def camera_phase(camera: str) -> int:
@@ -89,12 +135,13 @@ class IntervalSchedule:
     def for_camera(cls, settings: DetectorSettingsBase, camera: str, input_size: int
                    ) -> IntervalSchedule:
         """The `detector:` section's policy for one camera, phased by its name."""
-        return cls(input_size=input_size, interval=settings.interval,
+        return cls(input_size=input_size, interval=settings.interval or 1,
                    full_frame_every=settings.full_frame_every, max_crops=settings.max_crops,
                    phase=camera_phase(camera))
 
-    def decide(self, index: int, rois_xyxy: npt.ArrayLike, frame_wh: tuple[int, int]
-               ) -> Decision:
+    def decide(self, index: int, rois_xyxy: npt.ArrayLike, frame_wh: tuple[int, int],
+               t_s: float = 0.0, tracks: TrackSummary = NO_TRACKS) -> Decision:
+        """`t_s` and `tracks` are not used: this policy counts frames."""
         rois = np.asarray(rois_xyxy).reshape(-1, 4)
         every = self.full_frame_every
         full = every > 0 and (index + self.phase) % every == 0
@@ -102,16 +149,9 @@ class IntervalSchedule:
         due = self._since_detect >= self.interval
         if full or (due and len(rois)):
             self._since_detect = 0
-            return Decision(run=True, regions=None if full else self._regions(rois, frame_wh))
+            return Decision(run=True, regions=None if full else plan_crops(
+                rois, frame_wh, self.input_size, self.max_crops))
         if not due:  # between detector runs the tracker carries the boxes
             return Decision(run=False, carry_steps=self._since_detect / self.interval)
         self._since_detect = 0  # nothing moved: objects age and are retired in time
         return SKIP
-
-    def _regions(self, rois: npt.NDArray[np.generic], frame_wh: tuple[int, int]
-                 ) -> IntArray | None:
-        """Crop regions around the ROIs, or None when the whole frame is the cheaper pass."""
-        regions = plan_regions(rois, frame_wh, self.input_size, self.max_crops)
-        w, h = frame_wh
-        area = float(np.prod(regions[:, 2:] - regions[:, :2], axis=1).sum())
-        return None if area >= WHOLE_FRAME_SHARE * w * h else regions

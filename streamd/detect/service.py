@@ -4,6 +4,11 @@ An accelerator runs a batch of crops almost as fast as one, so the worker waits 
 few milliseconds after the first request for others (from any camera) and sends all their
 crops together. Callers get a `Future` per frame and never touch the detector themselves,
 so a slow or failing detector can neither block capture nor kill a camera's thread.
+
+With a `DetectorLoad` the service reports what each call cost and how long each request
+waited in the queue, which is what the adaptive schedule splits between cameras, and says
+when its queue already holds its share of work (`backlogged`), so a camera defers a due run
+instead of growing the backlog.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import numpy as np
 import numpy.typing as npt
 
 from streamd.counters import Failures
+from streamd.detect.adaptive import DetectorLoad
 from streamd.detect.base import Detector
 from streamd.detections import Detections, IntArray
 from streamd.frames import Frame
@@ -64,8 +70,9 @@ class DetectorService:
     """
 
     def __init__(self, detector: Detector, batch_wait_ms: float = 3.0,
-                 merge_iou: float = 0.5) -> None:
+                 merge_iou: float = 0.5, load: DetectorLoad | None = None) -> None:
         self.detector = detector
+        self.load = load
         self.batch_wait_s = batch_wait_ms / 1000
         self.merge_iou = merge_iou
         self.batches = 0
@@ -144,6 +151,21 @@ class DetectorService:
             self._cond.notify_all()
         return future
 
+    @property
+    def queued_images(self) -> int:
+        """Images waiting for the next batch (not counting the one in the detector)."""
+        with self._cond:
+            return self._queued_crops
+
+    def backlogged(self) -> bool:
+        """The queue already holds a quarter of the latency target's worth of work (at
+        least one image): a camera whose run is due defers it. False without a load."""
+        load = self.load
+        if load is None:
+            return False
+        ms = load.ms_per_image
+        return self.queued_images * ms >= max(load.latency_target_ms / 4, ms)
+
     def _next_batch(self) -> list[_Request]:
         """Block for a first request, then gather more until `batch_wait_s` after it or a
         full detector batch; [] once stopped."""
@@ -158,6 +180,8 @@ class DetectorService:
                    and (left := deadline - time.monotonic()) > 0):
                 self._cond.wait(left)
             batch = [req for _, req in self._queue]
+            if self.load is not None:  # the oldest request waited longest
+                self.load.observe_wait((time.monotonic() - self._queue[0][0]) * 1000.0)
             self._queue.clear()
             self._queued_crops = 0
             return batch
@@ -195,6 +219,8 @@ class DetectorService:
             self.batches += 1
             self.crops += len(chunk)
             self.last_batch_size = len(chunk)
+            if self.load is not None:
+                self.load.observe_call(len(chunk), infer_ms)
             found += out
         results = []
         for req in batch:
