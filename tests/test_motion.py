@@ -9,7 +9,7 @@ least `min_cover` by a single ROI.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import cv2
@@ -143,16 +143,18 @@ def assert_inside(rois: Rois, wh: tuple[int, int]) -> None:
 def measure_recall(*, seeds: Iterable[int] = range(3), n_objects: Iterable[int] = (1, 2, 3),
                    noise: float = 0.0, threshold: str | float = "auto", n_frames: int = 12,
                    wh: tuple[int, int] = (640, 480), scale_width: int = 320,
-                   speed: tuple[float, float] = (2, 6), min_cover: float = 0.7) -> float:
+                   speed: tuple[float, float] = (2, 6), min_cover: float = 0.7,
+                   stage_type: Callable[[MotionSettings], MotionStage] = MotionStage) -> float:
     """Fraction of ground-truth objects covered >= `min_cover` by one ROI, over every frame
-    after the first of every scene (seed x object count); also checks boxes stay inside."""
+    after the first of every scene (seed x object count); also checks boxes stay inside.
+    `stage_type` lets a benchmark measure another version of the stage."""
     hits = total = 0
     settings = MotionSettings(scale_width=scale_width, threshold=threshold)
     for seed in seeds:
         for n in n_objects:
             frames, truth = random_scene(seed * 100 + n, n, wh=wh, n_frames=n_frames,
                                          noise=noise, speed=speed)
-            stage = MotionStage(settings)
+            stage = stage_type(settings)
             for rois, gts in list(zip(run(stage, frames), truth, strict=True))[1:]:
                 assert_inside(rois, wh)
                 hits += sum(coverage(gt, rois) >= min_cover for gt in gts)
@@ -259,6 +261,31 @@ def test_recall(threshold: str | float, noise: float) -> None:
     assert recall >= 0.9
 
 
+def test_last_mask_marks_the_moving_pixels_at_the_flow_scale() -> None:
+    rng = np.random.default_rng(59)
+    bg = texture(rng, (640, 480))
+    m = mover(rng, (300, 200), (4, 0), (60, 60))
+    stage = MotionStage(MotionSettings(scale_width=320))
+    stage.propose(frame(bg, 0))
+    stage.propose(frame(bg, 1))  # nothing changed: no flow yet
+    assert stage.last_mask is None
+    stage.propose(frame(render(bg, [m]), 2))  # the mover appears: a scene change
+    x1, y1, x2, y2 = m.box
+    stage.propose(frame(render(bg, [m]), 3))
+    mask = stage.last_mask
+    assert mask is not None and mask.shape == (240, 320) and mask.dtype == np.uint8
+    assert set(np.unique(mask).tolist()) == {0, 255}
+    assert not mask.flags.writeable
+    inside = mask[y1 // 2:y2 // 2, x1 // 2:x2 // 2]
+    assert (inside == 255).mean() > 0.5
+    assert (mask == 255).sum() < 2 * inside.size  # the object and its halo, not the scene
+    stage.propose(frame(bg, 4))
+    stage.propose(frame(bg, 5))  # still again: the flow is skipped, nothing moved
+    assert stage.last_mask is not None and not stage.last_mask.any()
+    stage.reset()
+    assert stage.last_mask is None
+
+
 def test_first_frame_and_frame_after_reset_are_empty() -> None:
     frames, _ = random_scene(1, 2, wh=(320, 240), n_frames=4)
     stage = MotionStage(MotionSettings(scale_width=160))
@@ -331,16 +358,27 @@ def test_still_scene_has_no_rois(kind: str, noise: float) -> None:
         assert stage.skipped >= (n - 1) // 2
 
 
-def test_gate_hides_nothing() -> None:
-    """With a fixed threshold the output is the same whether the gate may skip or not."""
-    frames, _ = random_scene(11, 2, wh=(320, 240), n_frames=10, noise=10.0, speed=(0.5, 2))
-    still_frames = [frame(render(still(), [], noise=10.0), i) for i in range(10, 16)]
-    settings = MotionSettings(scale_width=160, threshold=1.0)
-    gated, ungated = MotionStage(settings), MotionStage(settings, gate=False)
-    for f in frames + still_frames:
-        a, b = gated.propose(f), ungated.propose(f)
-        np.testing.assert_array_equal(a.xyxy, b.xyxy)
-    assert gated.skipped > 0 and ungated.skipped == 0
+@pytest.mark.parametrize("threshold", [1.0, "auto"])
+def test_region_flow_finds_what_whole_frame_flow_finds(threshold: str | float) -> None:
+    """Flow over the changed regions only (the default) finds every object that the flow
+    over the whole frame on every frame (`gate=False`) finds, slow and noisy ones included,
+    and skips the still frames."""
+    frames, truth = random_scene(11, 3, n_frames=10, noise=10.0, speed=(0.5, 2))
+    still_frames = [frame(render(still(wh=(640, 480)), [], noise=10.0), i)
+                    for i in range(10, 16)]
+    settings = MotionSettings(threshold=threshold)
+    regions, whole = MotionStage(settings), MotionStage(settings, gate=False)
+    found = 0
+    for i, f in enumerate(frames + still_frames):
+        a, b = regions.propose(f), whole.propose(f)
+        for gt in truth[i] if i < len(truth) else []:
+            if coverage(gt, b) >= 0.7:
+                found += 1
+                assert coverage(gt, a) >= 0.7, (i, gt)
+        if i > len(frames):  # the first still frame is a scene cut
+            assert len(a) == len(b) == 0
+    assert found >= 15  # of 3 objects x 9 frames: slow and noisy, some are missed by both
+    assert regions.skipped >= 4 and whole.skipped == 0
 
 
 @pytest.mark.parametrize("margin", [40, 4])
