@@ -118,9 +118,9 @@ class App:
             stack.callback(self.report.publish_stats)  # a final figure after the drain
             input_size = 320
             adaptive = s.detector.interval is None
-            if adaptive:  # the default; an explicit detector.interval is the fixed policy
-                self.report.governor = ShedGovernor(s.detector.latency_target_ms)
             load = DetectorLoad(s.detector.latency_target_ms) if adaptive else None
+            if adaptive:  # the default; an explicit detector.interval is the fixed policy
+                self.report.governor = self._governor(load, detector is not None)
             if detector is not None:
                 input_size = detector.input_size
                 service = self.detector_service = self.report.detector = \
@@ -145,7 +145,7 @@ class App:
                 describer=self.describer_service, motion=s.motion, snapshots=s.snapshots,
                 make_tracker=functools.partial(Tracker, s.tracker),
                 publish_empty=s.mqtt.publish_empty, view=self.view,
-                make_schedule=functools.partial(self._schedule, input_size, load),
+                make_schedule=functools.partial(self._schedule, input_size),
                 governor=self.report.governor)
             stack.callback(self._stop_cameras)
             for cam in s.cameras:
@@ -163,19 +163,27 @@ class App:
             return EXIT_TEMPFAIL
         return EXIT_OK
 
-    def _schedule(self, input_size: int, load: DetectorLoad | None,
-                  cam: CameraSettings) -> DetectionSchedule:
-        """The fixed policy when `detector.interval` is set, else the adaptive one: each
-        camera's rate from one board that splits the measured detector capacity."""
+    def _governor(self, load: DetectorLoad | None, detects: bool) -> ShedGovernor:
+        """Adaptive: the board splitting the detector's measured capacity between cameras
+        (when a detector runs), and the governor that sheds frames when analysis falls
+        behind, after the detector gave back its time above the floors."""
         det = self.settings.detector
-        service = self.detector_service
-        if load is None or service is None:
+        if load is None or not detects:
+            return ShedGovernor(det.latency_target_ms)
+        board = self.report.rates = RateBoard(load, det.min_rate_hz)
+        return ShedGovernor(det.latency_target_ms, yield_detector=board.yield_capacity,
+                            relax_detector=load.raise_ceiling)
+
+    def _schedule(self, input_size: int, cam: CameraSettings) -> DetectionSchedule:
+        """The fixed policy when `detector.interval` is set, else the adaptive one: each
+        camera's rate from the board."""
+        det = self.settings.detector
+        service, board = self.detector_service, self.report.rates
+        if board is None or service is None:
             return IntervalSchedule.for_camera(det, cam.name, input_size)
-        if self.report.rates is None:
-            self.report.rates = RateBoard(load, det.min_rate_hz)
         return AdaptiveSchedule.for_camera(
-            det, cam.name, input_size, self.report.rates,
-            paced=cam.kind != "file" or cam.realtime, backlogged=service.backlogged)
+            det, cam.name, input_size, board, paced=cam.kind != "file" or cam.realtime,
+            backlogged=service.backlogged)
 
     def _camera(self, settings: CameraSettings) -> Camera:
         assert self._stages is not None

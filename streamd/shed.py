@@ -12,6 +12,10 @@ dropped; additive increase once they wait under a quarter of it and few are drop
 camera admits frames by a credit that grows by `factor` per frame, so the frames it skips
 are spread evenly (at 0.5 every other frame), before motion; they are counted as shed, with
 the reason `cpu`. Lossless files are never shed: their reader waits for the analysis.
+
+Detector time above the cameras' floor rates is given up first (`yield_detector`, the rate
+board's): only when the detector already runs at the floors are frames shed. Recovering goes
+the other way round: frames first, then detector time (`relax_detector`).
 """
 
 from __future__ import annotations
@@ -41,9 +45,13 @@ class ShedGovernor:
     `admit` per frame it takes and `observe` per frame it analysed)."""
 
     def __init__(self, latency_target_ms: float,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 yield_detector: Callable[[], bool] = lambda: False,
+                 relax_detector: Callable[[], None] = lambda: None) -> None:
         self.latency_target_ms = latency_target_ms
         self._clock = clock
+        self._yield_detector = yield_detector
+        self._relax_detector = relax_detector
         self._lock = threading.Lock()
         self._factor = 1.0
         self._credit: dict[str, float] = {}
@@ -95,9 +103,13 @@ class ShedGovernor:
         target = self.latency_target_ms
         old = self._factor
         if lag90_ms > target / 2 or drop_share > DROP_HIGH:
-            self._factor = max(MIN_FACTOR, old * DECREASE)
+            if not self._yield_detector():
+                self._factor = max(MIN_FACTOR, old * DECREASE)
         elif lag90_ms < target / 4 and drop_share < DROP_LOW:
-            self._factor = min(1.0, old + INCREASE)
+            if old < 1.0:
+                self._factor = min(1.0, old + INCREASE)
+            else:
+                self._relax_detector()
         if (old == 1.0) != (self._factor == 1.0):
             log.info("analysis %s: %.0f%% of each camera's frames (capture→motion p90 "
                      "%.0f ms, %.0f%% dropped)", "shedding" if self._factor < 1 else

@@ -172,3 +172,21 @@ def test_service_measures_the_detector_and_says_when_its_queue_is_full() -> None
     assert not service.backlogged()
     assert load.ms_per_image < 1000, "measured, replacing the initial guess"
     assert load.utilisation < 0.7, "the second batch waited past a quarter of the target"
+
+
+def test_board_yields_detector_time_down_to_the_floors() -> None:
+    load = DetectorLoad(latency_target_ms=250, initial_ms_per_image=10)  # 70 images/s
+    board = RateBoard(load, min_rate_hz=2.0)
+    board.report("a", MOVING)
+    board.report("b", MOVING)
+    board.report("c", STILL)
+    yields = 0
+    while board.yield_capacity():
+        yields += 1
+        assert yields < 50
+    assert yields > 3
+    assert load.capacity_ips() == pytest.approx(4.0, rel=0.06), "two floors of 2 Hz remain"
+    assert board.report("a", MOVING) == pytest.approx(2.0, rel=0.06)
+    for _ in range(20):  # one step per governor window
+        load.raise_ceiling()
+    assert load.capacity_ips() == pytest.approx(70, rel=0.01)

@@ -38,3 +38,18 @@ def test_dropped_frames_count_as_falling_behind() -> None:
     gov = ShedGovernor(latency_target_ms=250, clock=lambda: now[0])
     feed(gov, now, lag_ms=50, seconds=3, dropped=[0])  # as many dropped as analysed
     assert gov.factor < 1.0
+
+
+def test_detector_time_above_the_floors_goes_before_any_frame() -> None:
+    now = [0.0]
+    gives = [True, True, False]
+    relaxed: list[bool] = []
+    gov = ShedGovernor(latency_target_ms=250, clock=lambda: now[0],
+                       yield_detector=lambda: gives.pop(0) if gives else False,
+                       relax_detector=lambda: relaxed.append(True))
+    feed(gov, now, lag_ms=400, seconds=2)
+    assert gov.factor == 1.0, "the detector gave time back: no frame shed yet"
+    feed(gov, now, lag_ms=400, seconds=2)
+    assert gov.factor < 1.0, "nothing left to give: frames are shed"
+    feed(gov, now, lag_ms=20, seconds=30)
+    assert gov.factor == 1.0 and relaxed, "frames first, then detector time, come back"

@@ -15,7 +15,10 @@ detector run, whether anything moves), and splits the detector's capacity:
 Capacity is `utilisation * 1000 / ms_per_image` images per second. The utilisation follows the
 detector's queueing delay (additive increase, multiplicative decrease): a queue that waits
 longer than a quarter of the latency target means the detector is oversubscribed, so the
-backlog stays bounded instead of growing.
+backlog stays bounded instead of growing. It is also capped by a `ceiling` that the shedding
+governor (`streamd.shed`) lowers while analysis falls behind: on a box where the detector and
+motion share the same cores, detector time above the floors is given back before any frame
+is shed (`RateBoard.yield_capacity`), and taken again once analysis keeps up.
 
 `AdaptiveSchedule` is the per-camera side (the `DetectionSchedule` seam, the default when
 `detector.interval` is not set): time-based, it runs the detector when the camera's allocated
@@ -42,6 +45,9 @@ UTILISATION_MIN = 0.3
 UTILISATION_MAX = 0.9
 UTILISATION_STEP = 0.01
 """Additive increase per batch that did not wait long (~3 s from the floor at 20 calls/s)."""
+CEILING_DECREASE = 0.8
+CEILING_INCREASE = 0.05
+"""Per governor window (1 s) while analysis falls behind / keeps up."""
 RECOMPUTE_S = 0.25
 """Allocations are recomputed at most this often (each camera reports every frame)."""
 STALE_S = 2.0
@@ -117,6 +123,7 @@ class DetectorLoad:
         self._ms_per_image = initial_ms_per_image
         self._measured = False
         self._utilisation = 0.7
+        self._ceiling = UTILISATION_MAX
 
     def observe_call(self, images: int, ms: float) -> None:
         """One detector call of `images` images took `ms` (DetectorService reports each)."""
@@ -144,13 +151,32 @@ class DetectorLoad:
 
     @property
     def utilisation(self) -> float:
+        """The share of the detector's time the split hands out now (queue AIMD, capped by
+        the CPU ceiling)."""
         with self._lock:
-            return self._utilisation
+            return min(self._utilisation, self._ceiling)
 
     def capacity_ips(self) -> float:
         """Images per second the detector can take while its queue stays short."""
         with self._lock:
-            return self._utilisation * 1000.0 / max(self._ms_per_image, 1e-3)
+            return min(self._utilisation, self._ceiling) * 1000.0 / max(self._ms_per_image,
+                                                                         1e-3)
+
+    def lower_ceiling(self, floor_ips: float) -> bool:
+        """Analysis needs CPU: hand out less detector time, but not below `floor_ips` images
+        per second. False when already there (nothing left to give)."""
+        with self._lock:
+            floor = floor_ips * max(self._ms_per_image, 1e-3) / 1000.0
+            now = min(self._utilisation, self._ceiling)
+            if now <= floor * 1.05:
+                return False
+            self._ceiling = max(floor, now * CEILING_DECREASE)
+            return True
+
+    def raise_ceiling(self) -> None:
+        """Analysis keeps up again: the ceiling creeps back up."""
+        with self._lock:
+            self._ceiling = min(UTILISATION_MAX, self._ceiling + CEILING_INCREASE)
 
 
 class RateBoard:
@@ -184,6 +210,19 @@ class RateBoard:
                 fresh = {n: d for n, (t, d) in self._demands.items() if now - t <= STALE_S}
                 self._rates = share_rates(self.load.capacity_ips(), fresh, self.min_rate_hz)
             return self._rates.get(camera, 0.0)
+
+    def yield_capacity(self) -> bool:
+        """Give detector time back to analysis, down to what the active cameras' floors need;
+        False when the detector already runs at the floors (the governor sheds frames)."""
+        now = self._clock()
+        with self._lock:
+            need = sum(min(self.min_rate_hz, d.fps) * max(d.images_per_run, 1e-3)
+                       for t, d in self._demands.values()
+                       if now - t <= STALE_S and d.active and d.fps > 0)
+            yielded = self.load.lower_ceiling(need)
+            if yielded:
+                self._next_compute = now  # the next report applies it
+            return yielded
 
     def remove(self, camera: str) -> None:
         with self._lock:
