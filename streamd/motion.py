@@ -14,7 +14,7 @@ Per frame (one `MotionStage` per camera, called from one thread):
    exceeds what this camera's own frame-to-frame noise explains (`_CHANGE_TESTS`);
 3. Farneback flow, only over the boxes of the groups of changed pixels (`_flow_regions`):
    a person covers a few % of a street scene, and elsewhere nothing changed beyond the
-   noise, so there is nothing for the flow to find (vtest.avi: 22 % of the frame, 3x less
+   noise, so there is nothing for the flow to find (vtest.avi: 22 % of the frame, 8x less
    Farneback time). If no group is large enough, the flow is skipped: a still scene, noisy
    or not, costs two resizes and a difference (~1 ms), not a Farneback run (~10 ms);
    -> magnitude (0 outside the boxes) -> threshold (fixed, or `auto`: an exponentially
@@ -29,9 +29,9 @@ Per frame (one `MotionStage` per camera, called from one thread):
 
 The flow regions and the per-box change test read the same change mask. A box needs a
 changed pixel in any case; the regions also leave out groups of fewer than
-`_REGION_MIN_CHANGED` changed pixels (single pixels are mostly compression and sensor
-noise: 190 groups a frame on vtest.avi), which no mover above `min_area` makes. Flow over
-a region differs from whole-frame flow only near the region's border; `gate=False` runs the
+`_REGION_MIN_CHANGED` changed pixels (mostly compression and sensor noise: 190 groups a
+frame on vtest.avi), fewer than a moving object of `min_area` changes. Flow over a region
+differs from whole-frame flow only near the region's border; `gate=False` runs the
 whole-frame flow on every frame, the reference the tests compare against.
 """
 
@@ -127,8 +127,9 @@ frame dominated by a large mover barely moves it."""
 
 _REGION_MIN_CHANGED = 10
 """Changed coarse pixels (8-connected) a group needs for the flow to run over its box: an
-object at `min_area` (0.1 % of the frame, ~14 coarse pixels) that moves changes more; on
-vtest.avi 5 costs 20 % more Farneback time than 10 for the same ROIs, 20 saves 5 %."""
+object at `min_area` (0.1 % of the frame, ~14 coarse pixels) that moves changes more. On
+vtest.avi 5 runs the flow over 22 % more pixels than 10 (more specks, the same people);
+20 saves 5 %."""
 _REGION_MIN_SIDE = 16
 """Flow-scale pixels: a region is widened to at least this (Farneback's 11 px window and
 its pyramid need neighbours; a 2x2 group alone gives no flow worth the name)."""
@@ -179,8 +180,9 @@ class MotionStage:
 
     `ignore` holds polygons in full-frame pixels where motion is ignored (a flag, a road
     outside the fence); they are rasterised once per frame size. Not thread-safe: one
-    analysis thread calls `propose`. `gate=False` always runs the flow, for measuring what
-    the gate saves and checking that it hides nothing.
+    analysis thread calls `propose`. `gate=False` runs the flow over the whole frame on
+    every frame: the reference for measuring what the regions save and checking that they
+    hide nothing.
     """
 
     def __init__(self, settings: MotionSettings,
@@ -210,7 +212,7 @@ class MotionStage:
         self._last_mask: _U8 | None = None
         self._still_mask = _frozen(np.zeros((1, 1), np.uint8))
         self.skipped = 0
-        """Frames for which the gate skipped the flow (nothing changed beyond the noise)."""
+        """Frames for which the flow was skipped (no group of changed pixels to run it on)."""
         self.analysed = 0
         """Frames for which the flow ran."""
 
