@@ -268,7 +268,7 @@ class CameraPipeline:
         decision = self._schedule.decide(index, rois.xyxy, frame.wh, self._time(frame),
                                          tracks)
         if decision.run:
-            pending.detection = service.submit(frame, decision.regions)
+            pending.detection = service.submit(frame, decision.regions, paced=self._paced)
             self.detector_runs += 1
         else:
             pending.carry_steps = decision.carry_steps

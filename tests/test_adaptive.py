@@ -190,3 +190,19 @@ def test_board_yields_detector_time_down_to_the_floors() -> None:
     for _ in range(20):  # one step per governor window
         load.raise_ceiling()
     assert load.capacity_ips() == pytest.approx(70, rel=0.01)
+
+
+def test_a_lossless_files_queue_wait_is_not_oversubscription() -> None:
+    """A file read as fast as analysis goes queues frames behind each other by design."""
+    gate = threading.Event()
+    load = DetectorLoad(latency_target_ms=250)
+    det = WhiteBlobDetector(gate=gate)
+    image = blob_image((300, 200, 340, 280))
+    with DetectorService(det, batch_wait_ms=0, load=load) as service:
+        futures = [service.submit(Frame("f", i, 0.0, image), paced=False) for i in range(4)]
+        time.sleep(0.1)
+        gate.set()
+        for f in futures:
+            f.result(5)
+    assert load.utilisation == pytest.approx(0.7), "no wait was reported"
+    assert det.calls, "the calls were measured all the same"

@@ -53,6 +53,10 @@ class _Request:
     frame: Frame
     regions: IntArray
     future: Future[Detections]
+    paced: bool = True
+    """From a live camera (or a realtime file): its wait in the queue is latency. A lossless
+    file's frames queue behind each other by design (its reader waits for the analysis), so
+    their waits say nothing about oversubscription and are not reported to the load."""
 
 
 class DetectorService:
@@ -129,10 +133,11 @@ class DetectorService:
                  tb: TracebackType | None) -> None:
         self.stop()
 
-    def submit(self, frame: Frame, regions: npt.ArrayLike | None = None
-               ) -> Future[Detections]:
+    def submit(self, frame: Frame, regions: npt.ArrayLike | None = None, *,
+               paced: bool = True) -> Future[Detections]:
         """Queue `frame` for detection in `regions` ((M, 4) int xyxy, clipped to the frame;
-        None: the whole frame). M == 0 resolves at once with no detections."""
+        None: the whole frame). M == 0 resolves at once with no detections. `paced` False:
+        from a lossless file (its queue wait is not reported to the load)."""
         w, h = frame.wh
         if regions is None:
             boxes = np.array([[0, 0, w, h]], np.int64)
@@ -146,7 +151,7 @@ class DetectorService:
             if len(boxes) == 0:
                 future.set_result(Detections.empty(self.detector.labels))
                 return future
-            self._queue.append((time.monotonic(), _Request(frame, boxes, future)))
+            self._queue.append((time.monotonic(), _Request(frame, boxes, future, paced)))
             self._queued_crops += len(boxes)
             self._cond.notify_all()
         return future
@@ -180,8 +185,9 @@ class DetectorService:
                    and (left := deadline - time.monotonic()) > 0):
                 self._cond.wait(left)
             batch = [req for _, req in self._queue]
-            if self.load is not None:  # the oldest request waited longest
-                self.load.observe_wait((time.monotonic() - self._queue[0][0]) * 1000.0)
+            waited = [t for t, req in self._queue if req.paced]
+            if self.load is not None and waited:  # the oldest request waited longest
+                self.load.observe_wait((time.monotonic() - waited[0]) * 1000.0)
             self._queue.clear()
             self._queued_crops = 0
             return batch
