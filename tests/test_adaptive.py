@@ -205,4 +205,4 @@ def test_a_lossless_files_queue_wait_is_not_oversubscription() -> None:
         for f in futures:
             f.result(5)
     assert load.utilisation == pytest.approx(0.7), "no wait was reported"
-    assert det.calls, "the calls were measured all the same"
+    assert load.ms_per_image > 20, "the calls were measured all the same"
