@@ -283,7 +283,7 @@ class CameraPipeline:
         return frame.captured_mono
 
     def _hand_over_tracks(self, frame: Frame, dets: Detections) -> None:
-        """Publish thread: tell the schedule how many tracks live and which are young."""
+        """Publish thread: tell the schedule which tracks are young, and where."""
         now = self._time(frame)
         live = set(self._tracker.active_ids)
         seen = self._first_seen = {k: v for k, v in self._first_seen.items()
@@ -292,7 +292,7 @@ class CameraPipeline:
         for i, track_id in enumerate(dets.tracker_id.tolist()):
             first = seen.setdefault(int(track_id), now)
             young[i] = now - first < YOUNG_TRACK_S
-        summary = TrackSummary(len(live), dets.xyxy[young])
+        summary = TrackSummary(dets.xyxy[young])
         with self._tracks_lock:
             self._tracks = summary
 

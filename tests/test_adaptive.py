@@ -94,7 +94,7 @@ def test_board_recomputes_and_forgets_stale_cameras() -> None:
 WH = (640, 480)
 NO_ROIS = np.empty((0, 4), np.int32)
 SMALL = np.array([[100, 100, 140, 180]], np.int32)
-YOUNG_TRACK = TrackSummary(live=1, young_xyxy=np.array([[300, 200, 340, 280]], np.float32))
+YOUNG_TRACK = TrackSummary(young_xyxy=np.array([[300, 200, 340, 280]], np.float32))
 
 
 def run_schedule(ms_per_image: float, rois: list[np.ndarray], *,

@@ -76,8 +76,6 @@ class TrackSummary:
     pipeline hands this immutable value over under a lock after each update.
     """
 
-    live: int = 0
-    """Tracks alive (seen within the tracker's `max_missed`)."""
     young_xyxy: FloatArray = field(default_factory=_no_boxes)
     """(K, 4) boxes of tracks first seen less than `YOUNG_TRACK_S` ago, in frame pixels."""
 
