@@ -12,9 +12,10 @@ subscriber measures capture→receive latency of every detections message in the
 
 Per camera: `analysed` is the share of the frames the camera served (`--fps` times the window) that
 were analysed, and of those captured (the daemon's `frames_in`); `detect_hz` is the daemon's
-own per-camera detection rate when its stats carry one (`fps_detected`), else an estimate
-from the detections messages (frames with motion ROIs ÷ `detector.interval`, i.e. what the
-interval schedule sends to the detector, plus nothing for whole-frame passes) marked `~`.
+own per-camera rate of frames sent to the detector (`fps_detected` in its stats; `allocated`
+is what the adaptive schedule granted, `detect_rate_hz`), else an estimate from the
+detections messages (frames with motion ROIs ÷ `detector.interval`) marked `~`; `shed` counts
+frames the daemon chose not to analyse (any reason), `dropped` those overwritten unseen.
 CPU is read from /proc for the daemon and the server. Recall against a reference is not
 measured here: live frame_ids do not map to clip frames; `streamd bench` measures it on the
 same clip. Run ./scripts/setup.sh first.
@@ -74,10 +75,15 @@ def per_camera(name: str, window: list[Message], args: argparse.Namespace, secon
             analysed_of_served=round(analysed / (args.fps * span), 3),
             analysed_of_captured=round(analysed / captured, 3) if captured else None,
             dropped=last["dropped"] - first["dropped"],
-            skipped=last["skipped"] - first["skipped"])
+            skipped=last["skipped"] - first["skipped"],
+            shed=sum(last.get("shed", {}).values()) - sum(first.get("shed", {}).values()))
         rates = [s["fps_detected"] for s in stats[1:] if "fps_detected" in s]
         if rates:
             out["detect_hz"] = round(float(np.mean(rates)), 2)
+        allocated = [s["detect_rate_hz"] for s in stats[1:]
+                     if s.get("detect_rate_hz") is not None]
+        if allocated:
+            out["allocated_hz"] = round(float(np.mean(allocated)), 2)
     if "detect_hz" not in out:
         with_rois = sum(1 for m in dets if m.json.get("rois"))
         out["detect_hz"] = f"~{with_rois / interval / seconds:.2f}"
@@ -197,12 +203,14 @@ def render(result: Mapping[str, Any]) -> str:
              f"{result['cores_used']['daemon']}, RTSP server {result['cores_used']['server']}",
              f"  detector (shared): {result['detector']}",
              f"  {'camera':<8}{'analysed/served':>16}{'analysed/captured':>19}"
-             f"{'detect Hz':>11}{'p99 ms':>9}{'dropped':>9}{'skipped':>9}"]
+             f"{'detect Hz':>11}{'allocated':>11}{'p99 ms':>9}{'dropped':>9}{'skipped':>9}"
+             f"{'shed':>7}"]
     for cam, c in result["per_camera"].items():
         lines.append(f"  {cam:<8}{c.get('analysed_of_served', '-')!s:>16}"
                      f"{c.get('analysed_of_captured', '-')!s:>19}{c['detect_hz']!s:>11}"
-                     f"{c['p99_ms']!s:>9}{c.get('dropped', '-')!s:>9}"
-                     f"{c.get('skipped', '-')!s:>9}")
+                     f"{c.get('allocated_hz', '-')!s:>11}{c['p99_ms']!s:>9}"
+                     f"{c.get('dropped', '-')!s:>9}{c.get('skipped', '-')!s:>9}"
+                     f"{c.get('shed', '-')!s:>7}")
     return "\n".join(lines)
 
 

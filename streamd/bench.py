@@ -203,6 +203,8 @@ def _variant_result(run: dict[str, Any], sub: _Subscriber) -> dict[str, Any]:
         "latency_ms": percentiles(sub.latencies_ms),
         "detections_received": len(sub.detections),
         "stage_ms": dict(stats.get("stage_ms") or {}),
+        "detector_runs": stats.get("detector_runs"),
+        "shed": dict(stats.get("shed") or {}),
         "detector": dict(stats.get("detector") or {}),
     }
 

@@ -95,8 +95,12 @@ def render(result: dict[str, Any]) -> str:
                        ("peak_rss_mb", "peak RSS (MB)"),
                        ("detections_received", "detections messages")):
         lines.append(_row(label, _fmt(s[key]), _fmt(r[key])))
+    lines.append(_row("detector runs", _fmt(s.get("detector_runs")),
+                      _fmt(r.get("detector_runs"))))
     lines.append(_row("detector crops", _fmt(s["detector"].get("crops")),
                       _fmt(r["detector"].get("crops"))))
+    if s.get("shed") or r.get("shed"):
+        lines.append(_row("frames shed", _fmt(s.get("shed")), _fmt(r.get("shed"))))
     for p in ("p50", "p95", "p99"):
         lines.append(_row(f"capture→subscriber {p} ms", (s["latency_ms"] or {}).get(p, "-"),
                           (r["latency_ms"] or {}).get(p, "-")))
