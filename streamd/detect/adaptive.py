@@ -6,7 +6,7 @@ capture→MQTT latency grows with it. Here the daemon measures what its detector
 image, as it runs, on this box) and what each camera asks for (analysed fps, images per
 detector run, whether anything moves), and splits the detector's capacity:
 
-1. A still camera (no motion, no tracks) asks for nothing and gets nothing.
+1. A still camera (no motion, no young tracks) asks for nothing and gets nothing.
 2. Every active camera first gets up to a floor rate (`min_rate_hz`), evenly scaled down when
    even the floors do not fit.
 3. What is left goes first to cameras with young tracks (a new object is worth a closer look),
