@@ -26,16 +26,6 @@ def _read(name: str) -> str:
     return (importlib.resources.files("streamd.web") / "static" / name).read_text("utf-8")
 
 
-def _detector_rate(prev: Mapping[str, Any] | None, cur: Mapping[str, Any]) -> float | None:
-    """Detector crops per second between two stats payloads of one camera (the detector is
-    shared, so this is the whole box's rate as that camera's stats saw it)."""
-    try:
-        crops = cur["detector"]["crops"] - prev["detector"]["crops"]  # type: ignore[index]
-        return round(max(float(crops), 0.0) / max(float(cur["interval_s"]), 1e-3), 2)
-    except (KeyError, TypeError, ValueError):
-        return None
-
-
 class Board:
     """The last `stats` and `status` payload per camera (see module doc). `on_message` is
     cheap and never blocks for long: it only swaps references under a lock."""
@@ -44,13 +34,11 @@ class Board:
         self._lock = threading.Lock()
         self._stats: dict[str, Mapping[str, Any]] = {}
         self._status: dict[str, Mapping[str, Any]] = {}
-        self._rates: dict[str, float | None] = {}
 
     def on_message(self, camera: str, kind: str, payload: Mapping[str, Any]) -> None:
         """MessageListener: `kind` is `streamd.contract.Kind` (a str enum)."""
         if kind == "stats":
             with self._lock:
-                self._rates[camera] = _detector_rate(self._stats.get(camera), payload)
                 self._stats[camera] = payload
         elif kind == "status":
             with self._lock:
@@ -63,12 +51,10 @@ class Board:
 
     def snapshot(self, cameras: Sequence[str], broker_connected: bool) -> dict[str, Any]:
         """`/api/stats`: per running camera its last status and stats payloads as
-        published (None before the first), plus the detector rate derived from the last
-        two stats."""
+        published (None before the first)."""
         with self._lock:
             return {"broker_connected": broker_connected, "cameras": {
-                name: {"status": self._status.get(name), "stats": self._stats.get(name),
-                       "detector_crops_per_s": self._rates.get(name)}
+                name: {"status": self._status.get(name), "stats": self._stats.get(name)}
                 for name in cameras}}
 
     def problems(self, cameras: Sequence[str]) -> list[str]:

@@ -51,10 +51,11 @@ function show(tile, cam) {
   const s = cam.stats;
   if (!s) return;
   set("fps", `${fmt(s.fps_in)} / ${fmt(s.fps_analysed)}`);
-  set("dropped", `${s.dropped ?? "–"} / ${s.skipped ?? "–"}`);
+  const shed = Object.values(s.shed || {}).reduce((a, b) => a + b, 0);
+  set("dropped", `${s.dropped ?? "–"} / ${shed}`);
   set("p99", s.latency_ms ? `${fmt(s.latency_ms.p99, 0)} ms` : "–");
   const d = s.detector;
-  set("detector", d ? `${fmt(cam.detector_crops_per_s)} crops/s, ${fmt(d.infer_ms)} ms each` : "off");
+  set("detector", d ? `${fmt(s.fps_detected)} frames/s, ${fmt(d.infer_ms)} ms a call` : "off");
   set("stages", Object.entries(s.stage_ms || {}).map(([k, v]) => `${k} ${fmt(v)}`).join(", "));
 }
 
