@@ -95,7 +95,7 @@ def config(args: argparse.Namespace, server: RtspServer, mounts: tuple[str, ...]
     """The daemon's config: its defaults, except where the command line says otherwise."""
     cfg: dict[str, Any] = {
         "site": "fleet", "state_dir": str(state),
-        "mqtt": {"host": "127.0.0.1", "port": broker_port, "stats_interval_s": 5},
+        "mqtt": {"host": "127.0.0.1", "port": broker_port, "stats_interval_s": 2},
         "cameras": [{"name": f"cam{i}", "url": server.url_for(m), "fps": args.fps}
                     for i, m in enumerate(mounts)]}
     if args.detector:
