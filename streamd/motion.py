@@ -11,8 +11,8 @@ Per frame (one `MotionStage` per camera, called from one thread):
 1. grey, downscale to `scale_width` (aspect kept); ignored pixels are frozen to the previous
    frame's values, so ignore zones produce neither flow nor seams at their border;
 2. change test on a 160 px wide float copy: a pixel "changed" if the difference around it
-   exceeds what this camera's own frame-to-frame noise explains (`_CHANGE_TESTS`);
-3. Farneback flow, only over the boxes of the groups of changed pixels (`_flow_regions`):
+   exceeds what this camera's own frame-to-frame noise explains (`flow._CHANGE_TESTS`);
+3. Farneback flow, only over the boxes of the groups of changed pixels (`flow.flow_regions`):
    a person covers a few % of a street scene, and elsewhere nothing changed beyond the
    noise, so there is nothing for the flow to find (vtest.avi: 22 % of the frame, 8x less
    Farneback time). If no group is large enough, the flow is skipped: a still scene, noisy
@@ -29,7 +29,7 @@ Per frame (one `MotionStage` per camera, called from one thread):
 
 The flow regions and the per-box change test read the same change mask. A box needs a
 changed pixel in any case; the regions also leave out groups of fewer than
-`_REGION_MIN_CHANGED` changed pixels (mostly compression and sensor noise: 190 groups a
+`flow._REGION_MIN_CHANGED` changed pixels (mostly compression and sensor noise: 190 groups a
 frame on vtest.avi), fewer than a moving object of `min_area` changes. Flow over a region
 differs from whole-frame flow only near the region's border; `gate=False` runs the
 whole-frame flow on every frame, the reference the tests compare against.
@@ -48,7 +48,7 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import Field
 
-from streamd import geometry
+from streamd import flow, geometry
 from streamd.detections import readonly
 from streamd.frames import Frame
 from streamd.settings import StrictModel
@@ -80,41 +80,6 @@ _F32 = npt.NDArray[np.float32]
 _U8 = npt.NDArray[np.uint8]
 _Mask = npt.NDArray[np.bool_]
 
-# Farneback, tuned for finding regions rather than for accurate vectors: 3 pyramid levels
-# reach ~4x the window at the small scale; an 11 px window keeps the halo that flow
-# smoothing puts around a mover small while averaging out sensor noise; one iteration is
-# enough for a mask (measured: the synthetic-shapes recall is the same as with 2 or 3, at
-# 30 % less time); poly_n 5 / sigma 1.1 are OpenCV's recommended pair for small
-# neighbourhoods.
-_PYR_SCALE = 0.5
-_LEVELS = 3
-_WINSIZE = 11
-_ITERATIONS = 1
-_POLY_N = 5
-_POLY_SIGMA = 1.1
-
-# Change test, on float32 frames this wide (at most half the flow width, so each pixel
-# averages >= 2x2 uint8 pixels and the noise estimate is not broken by quantisation steps).
-# INTER_AREA averaging cuts sensor noise by the downscale factor while a moving edge keeps
-# contrast x displacement, so the test loses little sensitivity and costs ~0.2 ms. 160
-# rather than 80 px: at 80 the averaging also wipes out the fine texture of slow,
-# low-contrast movers that the flow still finds (synthetic, sigma-10 noise, textured 1-2
-# px/frame movers: recall 0.82 at 80 px, 0.90 at 160 px).
-_CHANGE_WIDTH = 160
-_CHANGE_TESTS = ((1, 24.0), (3, 5.1), (7, 2.3))
-"""(window side in change-frame pixels, ratio): a pixel changed if the mean squared
-difference over the window centred on it exceeds ratio * sigma^2. Each ratio is the
-chi-square quantile (df = window area, divided by it) that gaussian noise exceeds with
-probability ~1e-6 per pixel, so a still, noisy scene rarely opens the gate (~10 % of frames
-at sigma 8 measured). The single pixel catches small, strong changes (about 5 sigma); the
-wider windows catch large, faint ones (about 1.5 sigma over 7x7) that no single pixel
-shows."""
-_CHANGE_MIN = 1.0
-"""Grey levels (rms over the window): below this nothing physical moved, whatever the
-noise estimate says (quantisation, identical encoder frames, a perfectly clean source)."""
-_CHANGE_ALPHA = 0.1
-"""EMA weight of a new frame in the noise sigma."""
-
 # Auto threshold.
 _AUTO_K = 5.0
 """Robust sigmas (1.4826 * MAD) above the median magnitude that count as motion."""
@@ -125,18 +90,9 @@ _AUTO_ALPHA = 0.1
 """EMA weight of a new frame: the floor follows a scene over ~10 analysed frames, while one
 frame dominated by a large mover barely moves it."""
 
-_REGION_MIN_CHANGED = 10
-"""Changed coarse pixels (8-connected) a group needs for the flow to run over its box: an
-object at `min_area` (0.1 % of the frame, ~14 coarse pixels) that moves changes more. On
-vtest.avi 5 runs the flow over 22 % more pixels than 10 (more specks, the same people);
-20 saves 5 %."""
-_REGION_MIN_SIDE = 16
-"""Flow-scale pixels: a region is widened to at least this (Farneback's 11 px window and
-its pyramid need neighbours; a 2x2 group alone gives no flow worth the name)."""
 _MAX_COMPONENTS = 256
 """Largest connected components considered; the box merge is O(N^2) per pass."""
 _MAD_TO_SIGMA = 1.4826
-_HALF_NORMAL_MEDIAN = 0.6745
 
 
 @dataclass(frozen=True, eq=False)
@@ -206,9 +162,8 @@ class MotionStage:
         self._close_kernel = self._open_kernel
         self._prev: _U8 | None = None
         self._prev_coarse: _F32 | None = None
-        self._noise_sigma: float | None = None
+        self._change = flow.ChangeTest()
         self._auto: float | None = None
-        self._threshold_small: float | None = None
         self._last_mask: _U8 | None = None
         self._still_mask = _frozen(np.zeros((1, 1), np.uint8))
         self.skipped = 0
@@ -221,9 +176,8 @@ class MotionStage:
         frame-size change the next frame is not a continuation of the last one)."""
         self._prev = None
         self._prev_coarse = None
-        self._noise_sigma = None
+        self._change.reset()
         self._auto = None
-        self._threshold_small = None
         self._last_mask = None
 
     @property
@@ -259,18 +213,17 @@ class MotionStage:
         self._prev, self._prev_coarse = small, coarse
         if prev is None or prev_coarse is None:
             return Rois.empty()
-        changed = self._changed(coarse, prev_coarse)
+        changed = self._change.changed(coarse, prev_coarse, self._coarse_live)
         sw, sh = self._small_wh
-        regions = self._flow_regions(changed) if self._gate else [(0, 0, sw, sh)]
+        regions = flow.flow_regions(changed, self._small_wh) if self._gate else [(0, 0, sw, sh)]
         if not regions:
             self.skipped += 1
             if self._last_mask is not None:
                 self._last_mask = self._still_mask
             return Rois.empty()
         self.analysed += 1
-        fx, fy, mag = self._flow(prev, small, regions)
+        fx, fy, mag = flow.farneback(prev, small, regions)
         threshold = self._threshold(mag)
-        self._threshold_small = threshold
         return self._rois(mag, fx, fy, threshold, changed)
 
     # --- per frame size -------------------------------------------------------------------
@@ -281,7 +234,7 @@ class MotionStage:
         w, h = wh
         sw = min(self._settings.scale_width, w)  # never upscale a small source
         sh = max(1, round(h * sw / w))
-        tw = min(_CHANGE_WIDTH, max(1, sw // 2))  # >= 2x2 averaging: no quantised steps
+        tw = min(flow.CHANGE_WIDTH, max(1, sw // 2))  # >= 2x2 averaging: no quantised steps
         th = max(1, round(sh * tw / sw))
         self._frame_wh = wh
         self._small_wh = (sw, sh)
@@ -322,69 +275,6 @@ class MotionStage:
                           np.uint8)
 
     # --- per frame ------------------------------------------------------------------------
-
-    def _changed(self, coarse: _F32, prev_coarse: _F32) -> _Mask:
-        """Tiny-frame pixels that changed beyond the camera's noise (see `_CHANGE_TESTS`).
-
-        The noise sigma comes from the median absolute difference, which a mover covering
-        less than half the frame does not disturb, smoothed over frames.
-        """
-        diff = np.asarray(cv2.absdiff(coarse, prev_coarse), np.float32)
-        sub = diff[::2, ::2]  # a quarter of the pixels: same estimate, half the time
-        live = sub if self._coarse_live is None else sub[self._coarse_live[::2, ::2]]
-        if live.size == 0:  # everything is ignored
-            return np.zeros(diff.shape, bool)
-        sigma = float(np.median(live)) / _HALF_NORMAL_MEDIAN
-        if self._noise_sigma is None:
-            self._noise_sigma = sigma
-        else:
-            self._noise_sigma += _CHANGE_ALPHA * (sigma - self._noise_sigma)
-        var = self._noise_sigma ** 2
-        sq = diff * diff
-        changed = np.zeros(diff.shape, bool)
-        for side, ratio in _CHANGE_TESTS:
-            energy = sq if side == 1 else np.asarray(
-                cv2.boxFilter(sq, -1, (side, side), borderType=cv2.BORDER_REFLECT), np.float32)
-            changed |= energy >= max(_CHANGE_MIN ** 2, ratio * var)
-        return changed
-
-    def _flow_regions(self, changed: _Mask) -> list[tuple[int, int, int, int]]:
-        """Boxes (flow scale, xyxy, exclusive ends) the flow runs over: one per 8-connected
-        group of at least `_REGION_MIN_CHANGED` changed coarse pixels, smallest first (so
-        where boxes overlap, the flow of the larger one, computed with more context, is
-        kept). The 3x3 and 7x7 change tests already reach 1-3 coarse pixels past a moving
-        edge, which gives the flow its context."""
-        _n, _labels, stats, _ = cv2.connectedComponentsWithStats(
-            changed.view(np.uint8), connectivity=8, ltype=cv2.CV_16U)
-        stats = stats[1:]
-        stats = stats[stats[:, cv2.CC_STAT_AREA] >= _REGION_MIN_CHANGED]
-        th, tw = changed.shape
-        sw, sh = self._small_wh
-        kx, ky = sw / tw, sh / th
-        regions = []
-        for x, y, w, h, _area in stats.tolist():
-            x1, x2 = _span(x * kx, (x + w) * kx, sw)
-            y1, y2 = _span(y * ky, (y + h) * ky, sh)
-            regions.append((x1, y1, x2, y2))
-        regions.sort(key=lambda r: (r[2] - r[0]) * (r[3] - r[1]))
-        return regions
-
-    def _flow(self, prev: _U8, small: _U8,
-              regions: list[tuple[int, int, int, int]]) -> tuple[_F32, _F32, _F32]:
-        """Farneback flow over `regions` (0 elsewhere) -> (fx, fy, magnitude), flow scale."""
-        sw, sh = self._small_wh
-        if regions == [(0, 0, sw, sh)]:
-            flow = np.asarray(cv2.calcOpticalFlowFarneback(
-                prev, small, None, _PYR_SCALE, _LEVELS,  # type: ignore[call-overload]
-                _WINSIZE, _ITERATIONS, _POLY_N, _POLY_SIGMA, 0), np.float32)
-        else:
-            flow = np.zeros((sh, sw, 2), np.float32)
-            for x1, y1, x2, y2 in regions:
-                flow[y1:y2, x1:x2] = cv2.calcOpticalFlowFarneback(
-                    prev[y1:y2, x1:x2], small[y1:y2, x1:x2], None,  # type: ignore[call-overload]
-                    _PYR_SCALE, _LEVELS, _WINSIZE, _ITERATIONS, _POLY_N, _POLY_SIGMA, 0)
-        fx, fy = (np.asarray(c, np.float32) for c in cv2.split(flow))
-        return fx, fy, np.asarray(cv2.magnitude(fx, fy), np.float32)
 
     def _threshold(self, mag: _F32) -> float:
         """Magnitude threshold at the flow scale (px/frame)."""
@@ -484,13 +374,3 @@ def _frozen(a: _U8) -> _U8:
     """`a`, write-protected (it is handed out by reference)."""
     a.setflags(write=False)
     return a
-
-
-def _span(lo: float, hi: float, size: int) -> tuple[int, int]:
-    """[lo, hi) rounded outwards, widened about its centre to `_REGION_MIN_SIDE`, clipped
-    to [0, size)."""
-    a, b = math.floor(lo), math.ceil(hi)
-    if b - a < _REGION_MIN_SIDE:
-        a = (a + b - _REGION_MIN_SIDE) // 2
-        b = a + _REGION_MIN_SIDE
-    return max(0, a), min(size, b)
