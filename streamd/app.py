@@ -19,7 +19,7 @@ import logging
 import threading
 import time
 
-from streamd import contract
+from streamd import __version__, contract
 from streamd.capture import CameraSettings
 from streamd.config import Config, ConfigError, preflight
 from streamd.config import load as load_config
@@ -36,6 +36,7 @@ from streamd.pipeline import Camera, FrameView, Stages
 from streamd.publish import Publisher
 from streamd.report import Report
 from streamd.shed import ShedGovernor
+from streamd.sparkplug.node import EdgeNode, NodeInfo
 from streamd.state import StateStore
 from streamd.threads import Deadline
 from streamd.track import Tracker
@@ -74,6 +75,7 @@ class App:
         self.cameras: dict[str, Camera] = {}
         self.notifier = Notifier()
         self.report = Report(self.publisher, lambda: self.cameras)
+        self.sparkplug: EdgeNode | None = None
         self.abandoned = False
         """Some worker thread was still stuck at the stop deadline (left behind)."""
         self._stages: Stages | None = None
@@ -147,6 +149,16 @@ class App:
                 publish_empty=s.mqtt.publish_empty, view=self.view,
                 make_schedule=functools.partial(self._schedule, input_size),
                 governor=self.report.governor)
+            if s.sparkplug is not None and s.sparkplug.enabled:  # Sparkplug B edge node
+                classes = getattr(s.detector, "classes", None)
+                labels = [lb for lb in (detector.labels if detector is not None else ())
+                          if classes is None or lb in classes]
+                info = NodeInfo(__version__, s.detector.backend,
+                                str(getattr(s.detector, "model", "") or ""))
+                self.sparkplug = EdgeNode.create(s, self.config.mqtt_password, info, labels,
+                                                 request_snapshot=self.request_snapshot)
+                self.publisher.add_listener(self.sparkplug.listener)
+                stack.enter_context(self.sparkplug)  # stops after the cameras' last words
             stack.callback(self._stop_cameras)
             for cam in s.cameras:
                 if cam.enabled:
@@ -294,6 +306,11 @@ class App:
         changed = [n for n in self.cameras if n in wanted
                    and wanted[n] != self.cameras[n].settings]
         added = [n for n in wanted if n not in self.cameras]
+        if self.sparkplug is not None:  # DDEATH for removed cameras, births for new ones
+            for name in removed:
+                self.sparkplug.remove_camera(name)
+            for name in added:
+                self.sparkplug.add_camera(name)
         deadline = Deadline(STOP_BUDGET_S)
         leaving = {n: self.cameras.pop(n) for n in removed + changed}
         for name, cam in leaving.items():
