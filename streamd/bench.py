@@ -29,6 +29,7 @@ import sys
 import tempfile
 import threading
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -156,9 +157,11 @@ def measure_alone(settings_json: dict[str, Any], frames: int) -> dict[str, float
 
 
 def _in_child(fn: Any, *args: Any) -> Any:
-    ctx = mp.get_context("spawn")
-    with ctx.Pool(1) as pool:
-        return pool.apply(fn, args)
+    """`fn(*args)` in a fresh interpreter: its exception is re-raised here, and a child that
+    dies (a crash, the OOM killer) raises BrokenProcessPool instead of leaving the bench
+    waiting forever, as a `multiprocessing.Pool` would."""
+    with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as pool:
+        return pool.submit(fn, *args).result()
 
 
 def variants(settings: Settings, video: str, host: str, port: int, workdir: Path,
