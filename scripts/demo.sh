@@ -20,6 +20,13 @@ if ! (exec 3<>/dev/tcp/127.0.0.1/1883) 2>/dev/null; then
   for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/1883) 2>/dev/null && break; sleep 0.1; done
 fi
 
+web_url=$(.venv/bin/python -c 'import sys; from streamd.config import load
+w = load(sys.argv[1]).settings.web
+print(f"http://{w.host}:{w.port}/" if w.enabled else "")' "$CONFIG" 2>/dev/null || true)
+if [ -n "$web_url" ]; then
+  echo "demo: live view at $web_url (open it in a browser while the demo runs)"
+fi
+
 .venv/bin/streamd watch -c "$CONFIG" --until-offline & pids+=($!)
 sleep 1
 .venv/bin/streamd run -c "$CONFIG" "$@"

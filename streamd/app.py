@@ -142,6 +142,15 @@ class App:
                 server = MetricsServer(s.metrics.host, s.metrics.prometheus_port,
                                        self.report.figures)
                 stack.callback(server.close)
+            if s.web.enabled:  # the live view: up before the cameras, down after them
+                from streamd.web.server import WebServer
+
+                web = stack.enter_context(WebServer(
+                    s.web, self.config.web_password,
+                    lambda: {n: c.settings.ignore for n, c in list(self.cameras.items())},
+                    lambda: self.publisher.connected))
+                self.publisher.add_listener(web.on_message)
+                self.view = web.view
             self._stages = Stages(
                 publisher=self.publisher, detector=self.detector_service,
                 describer=self.describer_service, motion=s.motion, snapshots=s.snapshots,

@@ -20,6 +20,7 @@ the same frames, so the pipeline's throughput can be compared with its slowest s
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import multiprocessing as mp
@@ -218,6 +219,13 @@ def bench(settings: Settings, video: str, args: argparse.Namespace, workdir: Pat
     with Broker(workdir, args.broker) as broker:
         runs = variants(settings, video, broker.host, broker.port, workdir,
                         args.baseline_size)
+        viewers = None
+        if args.viewers:  # the live view on in the streamd variant, N clients watching it
+            from streamd.web.viewers import Viewers, free_loopback_port
+
+            web_port = free_loopback_port()
+            runs["streamd"]["web"] = {"enabled": True, "host": "127.0.0.1", "port": web_port}
+            viewers = Viewers(web_port, f"/cameras/{CAMERA}/stream.mjpeg", args.viewers)
         result: dict[str, Any] = {"video": video, "detector": settings.detector.backend,
                                   "cpus": os.cpu_count()}
         published: dict[str, dict[int, Any]] = {}
@@ -227,8 +235,11 @@ def bench(settings: Settings, video: str, args: argparse.Namespace, workdir: Pat
             sub = _Subscriber(broker.host, broker.port, f"streamd/{v['site']}")
             try:
                 print(f"bench: running {name} …", file=sys.stderr, flush=True)
+                watching = viewers if name == "streamd" and viewers is not None \
+                    else contextlib.nullcontext()
                 try:
-                    run = _in_child(measure, str(path), args.frames)
+                    with watching:
+                        run = _in_child(measure, str(path), args.frames)
                 except Exception as exc:  # the child's own error, re-raised here by the pool
                     raise RuntimeError(f"the {name} run failed: {exc}") from exc
                 if run["exit"] != 0:
@@ -237,6 +248,9 @@ def bench(settings: Settings, video: str, args: argparse.Namespace, workdir: Pat
             finally:
                 sub.close()
             result[name] = _variant_result(run, sub)
+            if name == "streamd" and viewers is not None:
+                result[name]["viewers"] = {"count": args.viewers, "pictures": viewers.pictures,
+                                           "mb": round(viewers.bytes / 1e6, 1)}
             published[name] = objects_by_frame(sub.detections)
         if not args.no_alone:
             print("bench: timing stages alone …", file=sys.stderr, flush=True)
@@ -300,5 +314,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--broker", help="HOST:PORT of a broker (default: start a private mosquitto)")
     p.add_argument("--no-alone", action="store_true",
                    help="skip timing decode, motion and the detector alone")
+    p.add_argument("--viewers", type=int, default=0, metavar="N",
+                   help="turn the live view on in the streamd variant and watch its MJPEG "
+                   "stream with N clients, to show what watching costs (0: nobody looks)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=run)

@@ -97,6 +97,9 @@ def render(result: dict[str, Any]) -> str:
         lines.append(_row(label, _fmt(s[key]), _fmt(r[key])))
     lines.append(_row("detector runs", _fmt(s.get("detector_runs")),
                       _fmt(r.get("detector_runs"))))
+    if s.get("viewers"):
+        v = s["viewers"]
+        lines.append(_row("live-view viewers", f"{v['count']} ({v['pictures']} pictures)", "-"))
     lines.append(_row("detector crops", _fmt(s["detector"].get("crops")),
                       _fmt(r["detector"].get("crops"))))
     if s.get("shed") or r.get("shed"):

@@ -68,6 +68,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from streamd.describe import DescriberError
     from streamd.detect import DetectorError
     from streamd.metrics import MetricsError
+    from streamd.web import WebError
 
     app = App(cfg, max_frames=args.max_frames)
 
@@ -82,7 +83,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGHUP, on_hup)
     try:
         code = app.run()
-    except (DetectorError, DescriberError, MetricsError) as exc:
+    except (DetectorError, DescriberError, MetricsError, WebError) as exc:
         log.error("cannot start: %s", exc)
         return EXIT_FAILURE
     if app.abandoned:
