@@ -108,6 +108,15 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
             assert d.running, d.logs()
             time.sleep(0.3)
         yield live
+        # SIGTERM with a viewer still connected: the server must not hold up the shutdown
+        with socket.create_connection(("127.0.0.1", port)) as viewer:
+            token = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+            viewer.sendall(f"GET /cameras/{CAMERA}/stream.mjpeg HTTP/1.1\r\nHost: x\r\n"
+                           f"Authorization: Basic {token}\r\n\r\n".encode())
+            time.sleep(0.5)
+            t0 = time.monotonic()
+            code = d.terminate(20)
+        assert code == 0 and time.monotonic() - t0 < 10, (code, d.logs())
     finally:
         d.kill()
         sub.stop()
