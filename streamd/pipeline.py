@@ -147,6 +147,9 @@ class CameraPipeline:
         by the analysis thread's schedule, under `_tracks_lock`."""
         self._first_seen: dict[int, float] = {}
         """Schedule time each live track id was first published (publish thread only)."""
+        self._frame_interval_ms: float | None = None
+        """The source's pace (EMA of capture time between frames taken), for the governor."""
+        self._last_capture: float | None = None
         self._pending: queue.Queue[_Pending] = queue.Queue(
             self.IN_FLIGHT_LIVE if live else self.IN_FLIGHT_FILE)
         self._thread = threading.Thread(target=self._run, name=f"analysis-{camera.name}",
@@ -200,6 +203,7 @@ class CameraPipeline:
                         break
                     continue
                 governor = self._governor
+                self._pace(frame)
                 if governor is not None and not governor.admit(self.camera.name):
                     self.shed[SHED_REASON] += 1
                     continue
@@ -254,8 +258,8 @@ class CameraPipeline:
         rois = motion.propose(frame) if motion is not None else Rois.empty()
         mask = getattr(motion, "last_mask", None)
         pending = _Pending(frame, rois, (time.perf_counter() - t0) * 1000.0, mask)
-        if self._governor is not None and frame.captured_mono > 0:
-            self._governor.observe(self.camera.name,
+        if self._governor is not None and self._frame_interval_ms and frame.captured_mono > 0:
+            self._governor.observe(self.camera.name, pending.motion_ms / self._frame_interval_ms,
                                    (time.monotonic() - frame.captured_mono) * 1000.0,
                                    self.slot.dropped)
         index = self.analysed
@@ -274,6 +278,15 @@ class CameraPipeline:
             pending.carry_steps = decision.carry_steps
             self.deferred += decision.deferred
         return pending
+
+    def _pace(self, frame: Frame) -> None:
+        """Follow the interval between the frames taken from the slot (shed or not)."""
+        last, self._last_capture = self._last_capture, frame.captured_mono
+        if last is None or not 0 < frame.captured_mono - last < 2.0:
+            return
+        ms = (frame.captured_mono - last) * 1000.0
+        self._frame_interval_ms = ms if self._frame_interval_ms is None else (
+            0.1 * ms + 0.9 * self._frame_interval_ms)
 
     def _time(self, frame: Frame) -> float:
         """The frame's schedule time: when it was captured, or for a lossless file (read as

@@ -4,14 +4,20 @@ The detector's rate adapts per camera (`streamd.detect.adaptive`), but every ana
 also pays motion (and decode, and publishing). When the fleet's frames cost more CPU than the
 box has, each analysis thread falls behind: its live slot drops frames at random and every
 frame waits longer for a core, so the capture→MQTT latency grows for all cameras. The
-`ShedGovernor` measures that — per analysed frame, how long it took from capture until motion
-was done, and how many frames the slots dropped meanwhile — and, once a second, sets one
-fleet-wide `factor`: the share of each paced camera's frames to analyse (multiplicative
-decrease while frames wait longer than half the latency target or a fifth of them are
-dropped; additive increase once they wait under a quarter of it and few are dropped). Each
-camera admits frames by a credit that grows by `factor` per frame, so the frames it skips
-are spread evenly (at 0.5 every other frame), before motion; they are counted as shed, with
-the reason `cpu`. Lossless files are never shed: their reader waits for the analysis.
+`ShedGovernor` measures that per analysed frame — the share of the camera's frame interval
+its motion stage took (wall time: on a box short of CPU it grows with the wait for a core),
+how long the frame took from capture until motion was done, and how many frames the slots
+dropped meanwhile — and once a second sets one fleet-wide `factor`: the share of each paced
+camera's frames to analyse. It decreases (multiplicatively) while motion takes more than
+`BUSY_HIGH` of the frame interval on average (not at p90: cameras whose frames arrive
+together make single frames wait for a core without any thread falling behind), frames wait
+(p90) longer than the latency target, or a fifth of them are dropped; it increases
+(additively) once motion takes under `BUSY_LOW`, frames wait under half the target and few
+are dropped. Waiting for the detector is not motion falling behind (the detector's rate
+adapts to that), so the busy share is the main signal. Each camera admits frames by a credit
+that grows by `factor` per frame, so the frames it skips are spread evenly (at 0.5 every
+other frame), before motion; they are counted as shed, with the reason `cpu`. Lossless files
+are never shed: their reader waits for the analysis.
 
 Detector time above the cameras' floor rates is given up first (`yield_detector`, the rate
 board's): only when the detector already runs at the floors are frames shed. Recovering goes
@@ -37,6 +43,9 @@ MIN_FACTOR = 0.2
 DECREASE = 0.85
 INCREASE = 0.05
 DROP_HIGH, DROP_LOW = 0.2, 0.05
+BUSY_HIGH, BUSY_LOW = 0.6, 0.3
+"""Motion's wall time per frame as a share of the camera's frame interval: above the first
+the analysis thread is about to fall behind; under the second it has room."""
 SHED_REASON = "cpu"
 
 
@@ -57,6 +66,7 @@ class ShedGovernor:
         self._credit: dict[str, float] = {}
         self._dropped_seen: dict[str, int] = {}
         self._lags_ms: list[float] = []
+        self._busy: list[float] = []
         self._dropped = 0
         self._window_end = clock() + WINDOW_S
 
@@ -76,22 +86,25 @@ class ShedGovernor:
             self._credit[camera] = credit
             return False
 
-    def observe(self, camera: str, lag_ms: float, dropped_total: int) -> None:
-        """An admitted frame's capture→motion-done time, and its slot's dropped count."""
+    def observe(self, camera: str, busy: float, lag_ms: float, dropped_total: int) -> None:
+        """An admitted frame: motion's wall time as a share of the camera's frame interval,
+        its capture→motion-done time, and its slot's dropped count so far."""
         with self._lock:
             before = self._dropped_seen.get(camera, dropped_total)
             self._dropped_seen[camera] = dropped_total
             self._dropped += max(0, dropped_total - before)
             self._lags_ms.append(lag_ms)
+            self._busy.append(busy)
             now = self._clock()
             if now < self._window_end:
                 return
             self._window_end = now + WINDOW_S
-            lags, dropped = self._lags_ms, self._dropped
-            self._lags_ms, self._dropped = [], 0
+            lags, busy_, dropped = self._lags_ms, self._busy, self._dropped
+            self._lags_ms, self._busy, self._dropped = [], [], 0
             if len(lags) < MIN_SAMPLES:
                 return
-            self._adjust(float(np.percentile(lags, 90)), dropped / (dropped + len(lags)))
+            self._adjust(float(np.mean(busy_)), float(np.percentile(lags, 90)),
+                         dropped / (dropped + len(lags)))
 
     def forget(self, camera: str) -> None:
         """A camera left (stopped, reloaded)."""
@@ -99,18 +112,19 @@ class ShedGovernor:
             self._credit.pop(camera, None)
             self._dropped_seen.pop(camera, None)
 
-    def _adjust(self, lag90_ms: float, drop_share: float) -> None:
+    def _adjust(self, busy: float, lag90_ms: float, drop_share: float) -> None:
         target = self.latency_target_ms
         old = self._factor
-        if lag90_ms > target / 2 or drop_share > DROP_HIGH:
+        if busy > BUSY_HIGH or lag90_ms > target or drop_share > DROP_HIGH:
             if not self._yield_detector():
                 self._factor = max(MIN_FACTOR, old * DECREASE)
-        elif lag90_ms < target / 4 and drop_share < DROP_LOW:
+        elif busy < BUSY_LOW and lag90_ms < target / 2 and drop_share < DROP_LOW:
             if old < 1.0:
                 self._factor = min(1.0, old + INCREASE)
             else:
                 self._relax_detector()
         if (old == 1.0) != (self._factor == 1.0):
-            log.info("analysis %s: %.0f%% of each camera's frames (capture→motion p90 "
-                     "%.0f ms, %.0f%% dropped)", "shedding" if self._factor < 1 else
-                     "no longer shedding", 100 * self._factor, lag90_ms, 100 * drop_share)
+            log.info("analysis %s: %.0f%% of each camera's frames (motion %.0f%% of the "
+                     "frame interval, capture→motion p90 %.0f ms, %.0f%% dropped)",
+                     "shedding" if self._factor < 1 else "no longer shedding",
+                     100 * self._factor, 100 * busy, lag90_ms, 100 * drop_share)
