@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -19,7 +20,8 @@ from streamd.detect.adaptive import (
     share_rates,
 )
 from streamd.detect.schedule import NO_TRACKS, IntervalSchedule, TrackSummary
-from streamd.frames import Frame
+from streamd.detections import Detections
+from streamd.frames import Frame, Image
 from tests.test_detect import WhiteBlobDetector, blob_image
 
 MOVING = Demand(fps=10, images_per_run=1, active=True)
@@ -206,3 +208,33 @@ def test_a_lossless_files_queue_wait_is_not_oversubscription() -> None:
             f.result(5)
     assert load.utilisation == pytest.approx(0.7), "no wait was reported"
     assert load.ms_per_image > 20, "the calls were measured all the same"
+
+
+class Stepped(WhiteBlobDetector):
+    """One image per call; the calls named in `holds` wait for their event."""
+
+    def __init__(self, holds: dict[int, threading.Event]) -> None:
+        super().__init__(max_batch=1)
+        self.holds = holds
+
+    def detect(self, images: Sequence[Image]) -> list[Detections]:
+        hold = self.holds.get(len(self.calls))
+        if hold is not None:
+            hold.wait(5)
+        return super().detect(images)
+
+
+def test_each_frame_of_a_batch_is_answered_as_soon_as_its_crops_are_done() -> None:
+    first, third = threading.Event(), threading.Event()
+    det = Stepped({0: first, 2: third})
+    image = blob_image((300, 200, 340, 280))
+    with DetectorService(det, batch_wait_ms=0) as service:
+        busy = service.submit(Frame("x", 1, 0.0, image))
+        while service.queued_images > 0:
+            time.sleep(0.01)
+        a, b = (service.submit(Frame(cam, 1, 0.0, image)) for cam in ("a", "b"))
+        first.set()  # a and b go together as the next batch: one call each
+        assert len(a.result(5)) == 1, "a answered while b's call still waits"
+        assert not b.done()
+        third.set()
+        assert len(b.result(5)) == 1 and len(busy.result(5)) == 1

@@ -195,44 +195,46 @@ class DetectorService:
     def _run(self) -> None:
         name_os_thread()
         while batch := self._next_batch():
-            live = [req for req in batch if req.future.set_running_or_notify_cancel()]
-            try:
-                results = self._detect(live)
-            except Exception as exc:
-                for req in live:
-                    self.failures.record(exc, context=f"camera={req.frame.camera} "
-                                         f"frame_id={req.frame.frame_id}")
-                    req.future.set_exception(exc)
-                continue
-            for req, dets in zip(live, results, strict=True):
-                req.future.set_result(dets)
+            self._detect([req for req in batch if req.future.set_running_or_notify_cancel()])
 
-    def _detect(self, batch: list[_Request]) -> list[Detections]:
+    def _detect(self, batch: list[_Request]) -> None:
+        """Run the batch's crops in chunks of `max_batch` images. Each frame's future resolves
+        as soon as the chunk holding its last crop is done (with a backend that runs one image
+        per call, the first camera in a batch does not wait for the others'); a failing chunk
+        fails the frames not answered yet."""
         crops = [req.frame.image[y1:y2, x1:x2]
                  for req in batch for x1, y1, x2, y2 in req.regions]
         step = max(self.detector.max_batch, 1)
+        waiting = list(batch)
         found: list[Detections] = []
-        for start in range(0, len(crops), step):
-            chunk = crops[start:start + step]
-            t0 = time.perf_counter()
-            out = self.detector.detect(chunk)
-            infer_ms = (time.perf_counter() - t0) * 1000
-            if len(out) != len(chunk):
-                raise RuntimeError(f"detector returned {len(out)} results for "
-                                   f"{len(chunk)} images")
-            self.infer_ms_ema = (infer_ms if self.batches == 0 else
-                                 EMA_ALPHA * infer_ms + (1 - EMA_ALPHA) * self.infer_ms_ema)
-            self.batches += 1
-            self.crops += len(chunk)
-            self.last_batch_size = len(chunk)
-            if self.load is not None:
-                self.load.observe_call(len(chunk), infer_ms)
-            found += out
-        results = []
-        for req in batch:
-            parts, found = found[:len(req.regions)], found[len(req.regions):]
-            results.append(self._to_frame(req.regions, parts))
-        return results
+        try:
+            for start in range(0, len(crops), step):
+                chunk = crops[start:start + step]
+                t0 = time.perf_counter()
+                out = self.detector.detect(chunk)
+                infer_ms = (time.perf_counter() - t0) * 1000
+                if len(out) != len(chunk):
+                    raise RuntimeError(f"detector returned {len(out)} results for "
+                                       f"{len(chunk)} images")
+                self.infer_ms_ema = (infer_ms if self.batches == 0 else EMA_ALPHA * infer_ms
+                                     + (1 - EMA_ALPHA) * self.infer_ms_ema)
+                self.batches += 1
+                self.crops += len(chunk)
+                self.last_batch_size = len(chunk)
+                if self.load is not None:
+                    self.load.observe_call(len(chunk), infer_ms)
+                found += out
+                while waiting and len(found) >= len(waiting[0].regions):
+                    req = waiting[0]
+                    dets = self._to_frame(req.regions, found[:len(req.regions)])
+                    found = found[len(req.regions):]
+                    waiting.pop(0)
+                    req.future.set_result(dets)
+        except Exception as exc:
+            for req in waiting:
+                self.failures.record(exc, context=f"camera={req.frame.camera} "
+                                     f"frame_id={req.frame.frame_id}")
+                req.future.set_exception(exc)
 
     def _to_frame(self, regions: IntArray, parts: list[Detections]) -> Detections:
         """Shift each region's detections into frame pixels; merge duplicates."""
