@@ -120,17 +120,22 @@ class Tracker:
         matched after it). Ids keep counting up, so an old id never names a new object."""
         self._tracks = []
 
-    def carry(self, steps: float) -> Detections:
+    def carry(self, steps: float, frame_wh: tuple[int, int]) -> Detections:
         """Where the objects seen at the last `update` are now, `steps` updates later, by
         their constant-velocity guess — what an inference interval publishes on the frames
-        the detector skips (DeepStream's `interval`). Tracks are not aged by this."""
+        the detector skips (DeepStream's `interval`). Tracks are not aged by this. The guess
+        is cut to the frame (`frame_wh`), and one that left it is not published: boxes on
+        the wire are always inside the frame."""
         live = [t for t in self._tracks if t.missed == 0]
         if not live:
             return Detections.empty(self._labels)
-        return Detections(np.stack([t.xyxy + t.velocity * steps for t in live]),
-                          np.array([t.score for t in live], np.float32),
-                          np.array([t.class_id for t in live], np.int64),
-                          np.array([t.id for t in live], np.int64), labels=self._labels)
+        xyxy = geometry.clip(np.stack([t.xyxy + t.velocity * steps for t in live]), frame_wh)
+        inside = (xyxy[:, 2] - xyxy[:, 0] >= 1) & (xyxy[:, 3] - xyxy[:, 1] >= 1)
+        carried = Detections(xyxy.astype(np.float32),
+                             np.array([t.score for t in live], np.float32),
+                             np.array([t.class_id for t in live], np.int64),
+                             np.array([t.id for t in live], np.int64), labels=self._labels)
+        return carried[inside]
 
     @staticmethod
     def _follow(track: _Track, box: Box, score: float) -> None:

@@ -8,6 +8,8 @@ import pytest
 from streamd.detections import Detections
 from streamd.track import Tracker, TrackerSettings
 
+WH = (1920, 1080)
+
 
 def dets(*boxes: tuple[float, float, float, float], classes: list[int] | None = None
          ) -> Detections:
@@ -73,7 +75,7 @@ def test_empty_input() -> None:
     tracker = Tracker()
     out = tracker.update(Detections.empty())
     assert len(out) == 0 and out.tracker_id.shape == (0,)
-    assert len(tracker.carry(1.0)) == 0
+    assert len(tracker.carry(1.0, WH)) == 0
 
 
 def test_two_crossing_objects_keep_their_ids() -> None:
@@ -102,7 +104,7 @@ def test_carry_moves_boxes_along_their_velocity_without_ageing() -> None:
     for x in (0.0, 10.0):  # one object moving +10 px per update
         out = tr.update(Detections(np.array([[x, 0, x + 20, 40]]), np.array([0.9]),
                                    np.array([0]), labels=("person",)))
-    carried = tr.carry(0.5)
+    carried = tr.carry(0.5, WH)
     assert carried.tracker_id.tolist() == out.tracker_id.tolist()
     np.testing.assert_allclose(carried.xyxy[0], [15, 0, 35, 40])
     assert carried.labels == ("person",) and carried.confidence[0] == pytest.approx(0.9)
@@ -111,8 +113,22 @@ def test_carry_moves_boxes_along_their_velocity_without_ageing() -> None:
     assert again.tracker_id.tolist() == out.tracker_id.tolist()  # carry did not age it
 
 
+@pytest.mark.parametrize(("steps", "expected"), [
+    (0.0, [[600, 10, 640, 50]]),
+    (1.0, [[620, 10, 640, 50]]),  # cut at the right edge
+    (3.0, []),  # left the frame: not published
+])
+def test_carry_stays_inside_the_frame(steps: float, expected: list[list[float]]) -> None:
+    tr = Tracker()
+    for x in (580.0, 600.0):  # moving right at 20 px per update, 40 px from the edge
+        tr.update(Detections(np.array([[x, 10, x + 40, 50]]), np.array([0.9]),
+                             np.array([0])))
+    carried = tr.carry(steps, (640, 480))
+    np.testing.assert_allclose(carried.xyxy.reshape(-1, 4), np.reshape(expected, (-1, 4)))
+
+
 def test_carry_with_no_tracks_is_empty() -> None:
-    assert len(Tracker().carry(1.0)) == 0
+    assert len(Tracker().carry(1.0, WH)) == 0
 
 
 def test_track_count_is_capped() -> None:
@@ -122,4 +138,4 @@ def test_track_count_is_capped() -> None:
     for _ in range(5):  # 50 unrelated boxes a frame: a noisy model
         xy = rng.uniform(0, 1000, (50, 2))
         tr.update(Detections(np.hstack([xy, xy + 5]), np.full(50, 0.5), np.zeros(50)))
-    assert len(tr.carry(0.0)) == 10  # the 10 seen last (none of them missed)
+    assert len(tr.carry(0.0, (2000, 2000))) == 10  # the 10 seen last (none of them missed)
