@@ -15,7 +15,10 @@ were analysed, and of those captured (the daemon's `frames_in`); `detect_hz` is 
 own per-camera rate of frames sent to the detector (`fps_detected` in its stats; `allocated`
 is what the adaptive schedule granted, `detect_rate_hz`), else an estimate from the
 detections messages (frames with motion ROIs ÷ `detector.interval`) marked `~`; `shed` counts
-frames the daemon chose not to analyse (any reason), `dropped` those overwritten unseen.
+frames the daemon chose not to analyse (any reason), `dropped` those overwritten unseen,
+`deferred` the detector runs that were due but deferred because the detector's queue held its
+share. The analysis share (1.0 unless shedding) and the 1-minute load average before and
+after the window say how much of the box the daemon had.
 CPU is read from /proc for the daemon and the server. Recall against a reference is not
 measured here: live frame_ids do not map to clip frames; `streamd bench` measures it on the
 same clip. Run ./scripts/setup.sh first.
@@ -76,7 +79,8 @@ def per_camera(name: str, window: list[Message], args: argparse.Namespace, secon
             analysed_of_captured=round(analysed / captured, 3) if captured else None,
             dropped=last["dropped"] - first["dropped"],
             skipped=last["skipped"] - first["skipped"],
-            shed=sum(last.get("shed", {}).values()) - sum(first.get("shed", {}).values()))
+            shed=sum(last.get("shed", {}).values()) - sum(first.get("shed", {}).values()),
+            deferred=last.get("detector_deferred", 0) - first.get("detector_deferred", 0))
         rates = [s["fps_detected"] for s in stats[1:] if "fps_detected" in s]
         if rates:
             out["detect_hz"] = round(float(np.mean(rates)), 2)
@@ -163,6 +167,7 @@ def main() -> int:
             assert server.proc is not None
             cpu0 = {"daemon": cpu_s(daemon.pid), "server": cpu_s(server.proc.pid)}
             start, t0 = sub.cursor(), time.monotonic()
+            load_before = os.getloadavg()[0]
             time.sleep(args.seconds)
             seconds = time.monotonic() - t0
             cpu = {k: round((cpu_s(pid) - cpu0[k]) / seconds, 2) for k, pid in
@@ -188,6 +193,9 @@ def main() -> int:
         "latency_ms": {p: round(float(np.percentile(lat, q)), 1) for p, q in
                        (("p50", 50), ("p95", 95), ("p99", 99))} if lat else None,
         "detector": shared.get("detector"),
+        "analysis_share": [m.json.get("analysis_share") for m in window
+                           if m.topic.endswith("/cam0/stats")],
+        "loadavg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         "per_camera": cams,
     }
     print(json.dumps(result, indent=2) if args.json else render(result))
@@ -200,17 +208,19 @@ def render(result: Mapping[str, Any]) -> str:
              f"(pre-encoded H.264), {result['seconds']:.0f} s, overrides "
              f"{result['overrides'] or 'none'}: capture→MQTT p50 {lm.get('p50')} "
              f"p95 {lm.get('p95')} p99 {lm.get('p99')} ms; cores used: daemon "
-             f"{result['cores_used']['daemon']}, RTSP server {result['cores_used']['server']}",
+             f"{result['cores_used']['daemon']}, RTSP server {result['cores_used']['server']}; "
+             f"load average (1 min) before/after {result['loadavg_1m']}",
              f"  detector (shared): {result['detector']}",
+             f"  analysis share over the window (1.0: nothing shed): {result['analysis_share']}",
              f"  {'camera':<8}{'analysed/served':>16}{'analysed/captured':>19}"
              f"{'detect Hz':>11}{'allocated':>11}{'p99 ms':>9}{'dropped':>9}{'skipped':>9}"
-             f"{'shed':>7}"]
+             f"{'shed':>7}{'deferred':>10}"]
     for cam, c in result["per_camera"].items():
         lines.append(f"  {cam:<8}{c.get('analysed_of_served', '-')!s:>16}"
                      f"{c.get('analysed_of_captured', '-')!s:>19}{c['detect_hz']!s:>11}"
                      f"{c.get('allocated_hz', '-')!s:>11}{c['p99_ms']!s:>9}"
                      f"{c.get('dropped', '-')!s:>9}{c.get('skipped', '-')!s:>9}"
-                     f"{c.get('shed', '-')!s:>7}")
+                     f"{c.get('shed', '-')!s:>7}{c.get('deferred', '-')!s:>10}")
     return "\n".join(lines)
 
 

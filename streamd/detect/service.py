@@ -87,6 +87,8 @@ class DetectorService:
         self._cond = threading.Condition()
         self._queue: deque[tuple[float, _Request]] = deque()
         self._queued_crops = 0
+        self._running_crops = 0
+        """Images of the batch in the detector not answered yet."""
         self._state = _State.NEW
         self._thread = threading.Thread(target=self._run, name="detector", daemon=True)
 
@@ -158,18 +160,25 @@ class DetectorService:
 
     @property
     def queued_images(self) -> int:
-        """Images waiting for the next batch (not counting the one in the detector)."""
+        """Images waiting for the next batch (not counting the batch in the detector)."""
         with self._cond:
             return self._queued_crops
 
+    @property
+    def unanswered_images(self) -> int:
+        """Images queued or in the detector: the work a new request waits behind."""
+        with self._cond:
+            return self._queued_crops + self._running_crops
+
     def backlogged(self) -> bool:
-        """The queue already holds a quarter of the latency target's worth of work (at
-        least one image): a camera whose run is due defers it. False without a load."""
+        """The work a new request would wait behind (queued, and the batch in the detector)
+        exceeds a quarter of the latency target, and is more than one image: a camera whose
+        run is due defers it. False without a load."""
         load = self.load
         if load is None:
             return False
         ms = load.ms_per_image
-        return self.queued_images * ms >= max(load.latency_target_ms / 4, ms)
+        return self.unanswered_images * ms > max(load.latency_target_ms / 4, ms)
 
     def _next_batch(self) -> list[_Request]:
         """Block for a first request, then gather more until `batch_wait_s` after it or a
@@ -189,7 +198,7 @@ class DetectorService:
             if self.load is not None and waited:  # the oldest request waited longest
                 self.load.observe_wait((time.monotonic() - waited[0]) * 1000.0)
             self._queue.clear()
-            self._queued_crops = 0
+            self._running_crops, self._queued_crops = self._queued_crops, 0
             return batch
 
     def _run(self) -> None:
@@ -218,6 +227,8 @@ class DetectorService:
                                        f"{len(chunk)} images")
                 self.infer_ms_ema = (infer_ms if self.batches == 0 else EMA_ALPHA * infer_ms
                                      + (1 - EMA_ALPHA) * self.infer_ms_ema)
+                with self._cond:
+                    self._running_crops -= len(chunk)
                 self.batches += 1
                 self.crops += len(chunk)
                 self.last_batch_size = len(chunk)
@@ -235,6 +246,9 @@ class DetectorService:
                 self.failures.record(exc, context=f"camera={req.frame.camera} "
                                      f"frame_id={req.frame.frame_id}")
                 req.future.set_exception(exc)
+        finally:
+            with self._cond:
+                self._running_crops = 0
 
     def _to_frame(self, regions: IntArray, parts: list[Detections]) -> Detections:
         """Shift each region's detections into frame pixels; merge duplicates."""
