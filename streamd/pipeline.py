@@ -320,7 +320,7 @@ class CameraPipeline:
                 self._tracker.reset()  # nothing from before a reconnect is matched after it
             self._track_stream = frame.stream
         if pending.carry_steps is not None:
-            dets = self._tracker.carry(pending.carry_steps)
+            dets = self._tracker.carry(pending.carry_steps, frame.wh)
         else:
             dets = self._tracker.update(dets)
         self._hand_over_tracks(frame, dets)
