@@ -20,6 +20,7 @@ import threading
 import time
 
 from streamd import __version__, contract
+from streamd.camera import Camera
 from streamd.capture import CameraSettings
 from streamd.config import Config, ConfigError, preflight
 from streamd.config import load as load_config
@@ -32,7 +33,7 @@ from streamd.detect.adaptive import AdaptiveSchedule, DetectorLoad, RateBoard
 from streamd.detect.schedule import DetectionSchedule, IntervalSchedule
 from streamd.metrics import MetricsServer
 from streamd.notify import Notifier
-from streamd.pipeline import Camera, FrameView, Stages
+from streamd.pipeline import FrameView, Stages
 from streamd.publish import Publisher
 from streamd.report import Report
 from streamd.shed import ShedGovernor

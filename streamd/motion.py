@@ -130,6 +130,15 @@ class Rois:
     def __len__(self) -> int:
         return len(self.xyxy)
 
+    def flow_at(self, box: npt.ArrayLike) -> tuple[float, float] | None:
+        """Mean flow (dx, dy) of the ROI that overlaps `box` most, None if none does: how
+        an object moves, which the describer puts into words."""
+        best = geometry.most_overlapping(box, self.xyxy)
+        if best is None:
+            return None
+        fx, fy = self.flow_xy[best]
+        return float(fx), float(fy)
+
 
 class MotionStage:
     """One per camera; stateful (keeps the previous small grey frame).

@@ -1,10 +1,10 @@
-"""One camera's analysis: capture → motion → detect → track → publish → describe.
+"""One camera's analysis: motion → detect → track → publish → describe.
 
-`Camera` owns a capture thread and a `CameraPipeline`; the pipeline runs in two threads so
-the stages overlap: `analyse` (motion, and the schedule's decision what the detector does)
-submits crops to the shared detector, `finish` waits for the objects in frame order, tracks
-them, publishes and offers them to the describer. While the detector works on frame n,
-motion already runs on frame n+1 and capture decodes frame n+2.
+`streamd.camera.Camera` pairs a capture thread with a `CameraPipeline`; the pipeline runs in
+two threads so the stages overlap: `analyse` (motion, and the schedule's decision what the
+detector does) submits crops to the shared detector, `finish` waits for the objects in frame
+order, tracks them, publishes and offers them to the describer. While the detector works on
+frame n, motion already runs on frame n+1 and capture decodes frame n+2.
 
 The pipeline gets its collaborators typed (`Stages`), never the app. State crossing threads
 is either locked (`StageTimes`, `Failures`) or handed over by message (descriptions, which
@@ -28,7 +28,7 @@ import numpy as np
 import numpy.typing as npt
 
 from streamd import contract
-from streamd.capture import CameraSettings, CaptureWorker, StateCallback
+from streamd.capture import CameraSettings
 from streamd.contract import Kind
 from streamd.counters import Failures, StageTimes
 from streamd.describe import DescribeRequest
@@ -37,12 +37,10 @@ from streamd.detect import DetectorService, ServiceStopped
 from streamd.detect.schedule import YOUNG_TRACK_S, DetectionSchedule, TrackSummary
 from streamd.detections import Detections
 from streamd.frames import Frame, FrameSlot
-from streamd.geometry import most_overlapping
 from streamd.motion import MotionSettings, MotionStage, Rois
 from streamd.publish import Publisher
 from streamd.shed import SHED_REASON, ShedGovernor
 from streamd.snapshot import SnapshotSettings, annotate
-from streamd.state import Counter
 from streamd.threads import Deadline, join, name_os_thread
 from streamd.track import Tracker
 
@@ -50,9 +48,6 @@ log = logging.getLogger(__name__)
 
 DETECT_TIMEOUT_S = 30.0
 """Longest wait for one frame's objects; past it the frame goes out without them."""
-ANALYSIS_STALL_S = DETECT_TIMEOUT_S + 15.0
-"""An analysis thread silent this long is stuck (a frame never takes longer than the
-detector timeout plus motion and publishing)."""
 
 
 class FrameView(Protocol):
@@ -403,62 +398,4 @@ class CameraPipeline:
                 camera=frame.camera, frame_id=frame.frame_id, ts=round(frame.ts, 6),
                 object_id=int(dets.tracker_id[i]), label=dets.label(i),
                 score=float(dets.confidence[i]), box=(x1, y1, x2, y2), frame_wh=frame.wh,
-                flow_xy=flow_for(dets.xyxy[i], rois)), frame.image)
-
-
-def flow_for(box: npt.NDArray[np.floating], rois: Rois) -> tuple[float, float] | None:
-    """Mean motion of the ROI that overlaps the object most (None if none overlaps)."""
-    best = most_overlapping(box, rois.xyxy)
-    if best is None:
-        return None
-    fx, fy = rois.flow_xy[best]
-    return float(fx), float(fy)
-
-
-class Camera:
-    """One camera's capture and analysis threads, started and stopped together (a reload
-    restarts exactly these)."""
-
-    def __init__(self, settings: CameraSettings, stages: Stages, frame_ids: Counter,
-                 on_state: StateCallback, max_frames: int | None = None) -> None:
-        self.settings = settings
-        self.pipeline = CameraPipeline(settings, FrameSlot(), stages)
-        self.frame_ids = frame_ids
-        self.capture = CaptureWorker(settings, self.pipeline.slot, frame_ids, on_state,
-                                     max_frames)
-
-    def start(self) -> Camera:
-        self.pipeline.start()
-        self.capture.start()
-        return self
-
-    def request_stop(self, deadline: Deadline, reason: str | None = None) -> None:
-        """Stop reading and analyse what was read, until `deadline` at the latest."""
-        self.capture.request_stop(reason)
-        self.pipeline.request_stop(deadline)
-
-    def join(self, deadline: Deadline) -> bool:
-        """Wait for the threads until `deadline`, then keep the exact frame_id mark (also
-        for a thread left stuck: nothing it reads later is published)."""
-        ended = self.capture.join(deadline) & self.pipeline.join(deadline)
-        self.frame_ids.commit()
-        return ended
-
-    def stop(self, reason: str | None = None, budget_s: float = 5.0) -> bool:
-        deadline = Deadline(budget_s)
-        self.request_stop(deadline, reason)
-        return self.join(deadline)
-
-    @property
-    def done(self) -> bool:
-        return self.pipeline.done
-
-    def stall(self, now: float) -> str | None:
-        """Why this camera's threads look stuck, or None while they make progress."""
-        stalled = self.capture.stalled_for(now)
-        if stalled > self.capture.stall_limit_s:
-            return f"capture of {self.settings.name} stuck for {stalled:.0f}s"
-        stuck = self.pipeline.stalled_for(now)
-        if stuck > ANALYSIS_STALL_S:
-            return f"analysis of {self.settings.name} stuck for {stuck:.0f}s"
-        return None
+                flow_xy=rois.flow_at(dets.xyxy[i])), frame.image)

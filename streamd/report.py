@@ -12,12 +12,12 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from streamd import contract
+from streamd.camera import Camera
 from streamd.contract import CameraState, Kind
 from streamd.describe.service import DescriberService
 from streamd.detect import DetectorService
 from streamd.detect.adaptive import RateBoard
 from streamd.metrics import CameraFigures, Figures
-from streamd.pipeline import Camera
 from streamd.publish import Publisher
 from streamd.shed import ShedGovernor
 
