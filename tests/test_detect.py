@@ -11,7 +11,6 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-import cv2
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -30,6 +29,7 @@ from streamd.detect.onnxruntime import ONNXRuntimeDetectorSettings
 from streamd.detect.yolo import COCO80
 from streamd.detections import Detections
 from streamd.frames import Frame, Image
+from tests.helpers.video import frame_at
 
 ROOT = Path(__file__).resolve().parents[1]
 VTEST = Path("/usr/share/doc/opencv-doc/examples/data/vtest.avi")
@@ -56,12 +56,7 @@ def onnx_settings(model: Path, **kw: Any) -> ONNXRuntimeDetectorSettings:
 
 @pytest.fixture(scope="module")
 def vtest_frame(sample_video: Path) -> Image:
-    cap = cv2.VideoCapture(str(sample_video))
-    cap.set(cv2.CAP_PROP_POS_FRAMES, 100)
-    ok, image = cap.read()
-    cap.release()
-    assert ok
-    return np.asarray(image, np.uint8)
+    return frame_at(sample_video, 100)
 
 
 def frame(image: Image, camera: str = "cam", frame_id: int = 1) -> Frame:

@@ -13,7 +13,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import cv2
 import flatbuffers
 import numpy as np
 import pytest
@@ -35,6 +34,7 @@ from streamd.geometry import iou
 from tests.helpers.contract import PREFIX, check_detection, wait_offline
 from tests.helpers.mqtt import Collector, Mosquitto
 from tests.helpers.procs import Daemon, daemon_config, run_cli
+from tests.helpers.video import frame_at
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = ROOT / DEFAULT_MODEL
@@ -57,12 +57,7 @@ def detector(ssd: dict[str, Any]) -> TFLiteDetector:
 
 @pytest.fixture(scope="module")
 def frame100(sample_video: Path) -> Image:
-    cap = cv2.VideoCapture(str(sample_video))
-    cap.set(cv2.CAP_PROP_POS_FRAMES, 100)
-    ok, image = cap.read()
-    cap.release()
-    assert ok
-    return np.asarray(image, np.uint8)
+    return frame_at(sample_video, 100)
 
 
 @pytest.fixture(scope="module")

@@ -98,6 +98,19 @@ def write_moving_shapes_video(path: str | os.PathLike[str], frames: int = 60,
     return truth
 
 
+def frame_at(path: str | os.PathLike[str], index: int) -> np.ndarray:
+    """Frame `index` of a video file, BGR uint8 (the real frames detector tests look at)."""
+    cap = cv2.VideoCapture(str(path))
+    try:
+        cap.set(cv2.CAP_PROP_POS_FRAMES, index)
+        ok, image = cap.read()
+    finally:
+        cap.release()
+    if not ok:
+        raise RuntimeError(f"cannot read frame {index} of {path}")
+    return np.asarray(image, np.uint8)
+
+
 def count_frames(path: str | os.PathLike[str]) -> int:
     """Frames OpenCV actually decodes (not the container's claim)."""
     cap = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
