@@ -41,6 +41,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from streamd.benchutil import percentiles  # noqa: E402
 from tests.helpers.mqtt import Collector, Message, Mosquitto  # noqa: E402
 from tests.helpers.procs import Daemon, free_port  # noqa: E402
 from tests.helpers.rtsp_server import RtspServer, encode_h264  # noqa: E402
@@ -190,8 +191,7 @@ def main() -> int:
         "clip": args.pattern or args.video, "overrides": {k: v for k, v in cfg.items()
                                                           if k in ("detector", "motion")},
         "cores_used": cpu,
-        "latency_ms": {p: round(float(np.percentile(lat, q)), 1) for p, q in
-                       (("p50", 50), ("p95", 95), ("p99", 99))} if lat else None,
+        "latency_ms": percentiles(lat),
         "detector": shared.get("detector"),
         "analysis_share": [m.json.get("analysis_share") for m in window
                            if m.topic.endswith("/cam0/stats")],
