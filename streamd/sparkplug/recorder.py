@@ -90,8 +90,7 @@ class Recorder:
             dev = self.devices[camera] = Device(CameraMetrics())
         if camera not in self.cameras:
             self.cameras.append(camera)
-            self._store(None, [Change(model.CAMERA_COUNT, DataType.INT32, len(self.cameras),
-                                      now_ms())], "status")
+            self._store_camera_count()
         return dev
 
     def message(self, camera: str, kind: str, payload: Mapping[str, Any]) -> None:
@@ -135,8 +134,7 @@ class Recorder:
         self._removed.add(name)
         if name in self.cameras:
             self.cameras.remove(name)
-            self._store(None, [Change(model.CAMERA_COUNT, DataType.INT32, len(self.cameras),
-                                      now_ms())], "status")
+            self._store_camera_count()
 
     def idle_check(self) -> None:
         """Cameras that sent no detections for `idle_after_s`: motion off, counts 0."""
@@ -147,6 +145,10 @@ class Recorder:
                 changes = dev.metrics.idle(self.labels, now_ms())
                 if dev.alive:
                     self._store(name, changes, "detections")
+
+    def _store_camera_count(self) -> None:
+        self._store(None, [Change(model.CAMERA_COUNT, DataType.INT32, len(self.cameras),
+                                  now_ms())], "status")
 
     def _kill(self, camera: str, dev: Device) -> None:
         if dev.alive:
