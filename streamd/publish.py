@@ -28,6 +28,7 @@ from streamd.contract import CameraState, Kind, MessageListener
 from streamd.mqttclient import ClientFactory, ClientHandlers, ClientOptions, PahoClient
 from streamd.outbox import Outbox, Row
 from streamd.state import Counter, StateStore
+from streamd.threads import Deadline
 
 log = logging.getLogger(__name__)
 
@@ -125,10 +126,10 @@ class Publisher:
     def drain(self, timeout_s: float) -> int:
         """Wait (the client reconnecting meanwhile) until the broker acknowledged everything
         stored, at most `timeout_s`; returns how many messages are still waiting."""
-        deadline = time.monotonic() + timeout_s
+        deadline = Deadline(timeout_s)
         with self._cond:
-            while len(self.outbox) and (left := deadline - time.monotonic()) > 0:
-                self._cond.wait(left)
+            while len(self.outbox) and not deadline.expired:
+                self._cond.wait(deadline.remaining())
             return len(self.outbox)
 
     def stop(self, flush_timeout_s: float = 5.0) -> int:
@@ -137,13 +138,10 @@ class Publisher:
         if self._closed:
             return 0
         self._closed = True
-        deadline = time.monotonic() + flush_timeout_s
+        deadline = Deadline(flush_timeout_s)
         with self._cond:
-            while len(self.outbox) and self._connected:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                self._cond.wait(remaining)
+            while len(self.outbox) and self._connected and not deadline.expired:
+                self._cond.wait(deadline.remaining())
             self._stopping = True
             pending = len(self.outbox)
             self._cond.notify_all()
@@ -154,7 +152,7 @@ class Publisher:
         if self._connected:
             mid = self._client.publish(contract.site_topic(self.prefix), contract.SITE_OFFLINE,
                                        qos=1, retain=True)
-            if mid is None or not self._wait_ack(mid, max(0.5, deadline - time.monotonic())):
+            if mid is None or not self._wait_ack(mid, max(0.5, deadline.remaining())):
                 log.warning("mqtt could not confirm offline before disconnecting")
         self._client.close()
         self.outbox.close()
@@ -291,12 +289,12 @@ class Publisher:
 
     def _wait_ack(self, mid: int, timeout_s: float) -> bool:
         """Wait for the acknowledgement of a message the pump does not track (offline)."""
-        deadline = time.monotonic() + timeout_s
+        deadline = Deadline(timeout_s)
         with self._cond:
-            while (left := deadline - time.monotonic()) > 0:
+            while not deadline.expired:
                 if self._early_acks.pop(mid, None) is not None:
                     return True
-                self._cond.wait(left)
+                self._cond.wait(deadline.remaining())
         return False
 
     # -- client callbacks (network thread) ---------------------------------------------------
