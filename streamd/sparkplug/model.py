@@ -16,6 +16,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from streamd.contract import CameraState
 from streamd.sparkplug.codec import DataType, Metric, Value
 
 STATE = "State"
@@ -48,7 +49,7 @@ DEVICE_METRICS: tuple[tuple[str, DataType], ...] = (
 )
 """Declared for every camera, besides one `Objects/<label>` (Int32) per label."""
 
-TERMINAL_STATES = frozenset({"ended", "stopped"})
+TERMINAL_STATES = frozenset({CameraState.ENDED.value, CameraState.STOPPED.value})
 """Camera states after which the device is dead (DDEATH) until it streams again."""
 
 
