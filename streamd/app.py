@@ -204,7 +204,7 @@ class App:
         if board is None or service is None:
             return IntervalSchedule.for_camera(det, cam.name, input_size)
         return AdaptiveSchedule.for_camera(
-            det, cam.name, input_size, board, paced=cam.kind != "file" or cam.realtime,
+            det, cam.name, input_size, board, paced=cam.paced,
             backlogged=service.backlogged)
 
     def _camera(self, settings: CameraSettings) -> Camera:

@@ -84,6 +84,12 @@ class CameraSettings(StrictModel):
             return "rtsp"
         return "file"
 
+    @property
+    def paced(self) -> bool:
+        """Frames come at the source's pace: a live source or a `realtime` file, not a
+        lossless file (read as fast as analysis takes its frames)."""
+        return self.kind != "file" or self.realtime
+
     def preflight(self, file: str, key: str) -> list[Problem]:
         """A file source must exist (a live one can only be tried by connecting)."""
         if self.kind == "file" and not Path(str(self.url)).is_file():
@@ -314,7 +320,7 @@ class CaptureWorker:
         """Read until the source fails (SourceError), ends (returns why) or we stop (None)."""
         cam = self.camera
         is_file = cam.kind == "file"
-        lossless = is_file and not cam.realtime
+        lossless = not cam.paced
         interval = 1.0 / cam.fps if cam.fps else 0.0
         native_fps = cap.get(cv2.CAP_PROP_FPS) if is_file else 0.0
         next_due: float | None = None

@@ -132,7 +132,7 @@ class CameraPipeline:
         self._next_snapshot = time.monotonic() + stages.snapshots.interval_s
         self._stop_by: float | None = None
         self._analysis_done = threading.Event()
-        live = camera.kind != "file" or camera.realtime
+        live = camera.paced
         self._paced = live
         """Frames come at the source's pace (not a lossless file, which waits for us)."""
         self._governor = stages.governor if live else None
