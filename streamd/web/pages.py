@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from string import Template
 from typing import Any
 
+from streamd.contract import CameraState, Kind
 from streamd.web.view import OVERLAYS, parse_overlays
 
 _STATIC = {"live.js": "application/javascript", "style.css": "text/css"}
@@ -37,10 +38,10 @@ class Board:
 
     def on_message(self, camera: str, kind: str, payload: Mapping[str, Any]) -> None:
         """MessageListener: `kind` is `streamd.contract.Kind` (a str enum)."""
-        if kind == "stats":
+        if kind == Kind.STATS:
             with self._lock:
                 self._stats[camera] = payload
-        elif kind == "status":
+        elif kind == Kind.STATUS:
             with self._lock:
                 self._status[camera] = payload
 
@@ -65,7 +66,7 @@ class Board:
                 status = self._status.get(name)
                 if status is None:
                     out.append(f"camera {name}: no status yet")
-                elif status.get("state") != "streaming":
+                elif status.get("state") != CameraState.STREAMING:
                     reason = status.get("reason")
                     out.append(f"camera {name}: {status.get('state')}"
                                + (f" ({reason})" if reason else ""))
