@@ -130,7 +130,7 @@ class CameraPipeline:
         """Latest description per live track id (publish thread only), for snapshots and
         the live view."""
         self._next_snapshot = time.monotonic() + stages.snapshots.interval_s
-        self._stop_by: float | None = None
+        self._stop_by: Deadline | None = None
         self._analysis_done = threading.Event()
         live = camera.paced
         self._paced = live
@@ -159,7 +159,7 @@ class CameraPipeline:
 
     def request_stop(self, deadline: Deadline) -> None:
         """Analyse what was read, but give up on anything still waiting at `deadline`."""
-        self._stop_by = deadline.at
+        self._stop_by = deadline
         self.slot.close()
 
     def join(self, deadline: Deadline) -> bool:
@@ -185,7 +185,7 @@ class CameraPipeline:
         return now - min(marks) if marks else 0.0
 
     def _past_stop(self) -> bool:
-        return self._stop_by is not None and time.monotonic() >= self._stop_by
+        return self._stop_by is not None and self._stop_by.expired
 
     def _run(self) -> None:
         name_os_thread()
@@ -369,7 +369,7 @@ class CameraPipeline:
         frame = pending.frame
         give_up = time.monotonic() + DETECT_TIMEOUT_S
         while True:
-            limit = give_up if self._stop_by is None else min(give_up, self._stop_by)
+            limit = give_up if self._stop_by is None else min(give_up, self._stop_by.at)
             try:
                 return future.result(timeout=min(0.5, max(0.0, limit - time.monotonic())))
             except FutureTimeout:
