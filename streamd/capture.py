@@ -270,10 +270,10 @@ class CaptureWorker:
             self._set_state(CameraState.RECONNECTING, str(exc))
 
         def sleep(seconds: float) -> None:
-            deadline = time.monotonic() + seconds
-            while not self._stop.wait(min(0.5, max(0.0, deadline - time.monotonic()))):
+            deadline = Deadline(seconds)
+            while not self._stop.wait(min(0.5, deadline.remaining())):
                 self.stats.heartbeat_mono = time.monotonic()
-                if time.monotonic() >= deadline:
+                if deadline.expired:
                     return
 
         retrying = tenacity.Retrying(
