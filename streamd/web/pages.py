@@ -16,11 +16,16 @@ from string import Template
 from typing import Any
 
 from streamd.contract import CameraState, Kind
-from streamd.web.view import OVERLAYS, parse_overlays
+from streamd.web.view import DEFAULT_OVERLAYS, OVERLAYS, Overlays, parse_overlays
 
 _STATIC = {"live.js": "application/javascript", "style.css": "text/css"}
 _CAMERA_DEFAULTS = parse_overlays("rois,zones,objects,descriptions")
 """Overlays the camera page starts with; the motion mask is one click away."""
+
+
+def _query(overlays: Overlays) -> str:
+    """The `overlays=` value for a set, in `OVERLAYS` order."""
+    return ",".join(o for o in OVERLAYS if o in overlays)
 
 
 def _read(name: str) -> str:
@@ -95,7 +100,7 @@ class Pages:
                                      size="large" if large else "small")
 
     def index(self, cameras: Sequence[str], board: Board) -> str:
-        tiles = "\n".join(self._tile_html(c, board, "rois,objects,descriptions", False)
+        tiles = "\n".join(self._tile_html(c, board, _query(DEFAULT_OVERLAYS), False)
                           for c in cameras)
         return self._index.substitute(fps=self._fps, count=len(cameras),
                                       tiles=tiles or "<p>No cameras are running.</p>")
@@ -104,7 +109,7 @@ class Pages:
         toggles = "\n".join(
             f'<label><input type="checkbox" data-overlay="{o}"'
             f'{" checked" if o in _CAMERA_DEFAULTS else ""}> {o}</label>' for o in OVERLAYS)
-        overlays = ",".join(o for o in OVERLAYS if o in _CAMERA_DEFAULTS)
+        overlays = _query(_CAMERA_DEFAULTS)
         return self._camera.substitute(fps=self._fps, name=html.escape(camera, quote=True),
                                        toggles=toggles,
                                        tile=self._tile_html(camera, board, overlays, True))
