@@ -15,6 +15,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
+from streamd import contract
 from streamd.config import Config
 
 
@@ -67,12 +68,12 @@ def watch(config: Config, until_offline: bool, out: TextIO = sys.stdout) -> int:
         client.subscribe(f"{prefix}/#", qos=1)
 
     def on_message(client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
-        if msg.topic == f"{prefix}/status":
+        if msg.topic == contract.site_topic(prefix):
             state = msg.payload.decode(errors="replace")
             print(f"status {state}{' (retained)' if msg.retain else ''}", file=out, flush=True)
-            if state == "online":
+            if state == contract.SITE_ONLINE:
                 seen_online.set()
-            elif state == "offline" and seen_online.is_set() and until_offline:
+            elif state == contract.SITE_OFFLINE and seen_online.is_set() and until_offline:
                 done.set()
             return
         print(summarise(msg.topic, msg.payload, prefix), file=out, flush=True)
