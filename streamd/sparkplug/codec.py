@@ -21,9 +21,15 @@ from __future__ import annotations
 
 import enum
 import struct
+import time
 from dataclasses import dataclass, field
 
 Value = bool | int | float | str | None
+
+
+def now_ms() -> int:
+    """Now as a Sparkplug timestamp (UTC epoch ms)."""
+    return round(time.time() * 1000)
 
 
 class DataType(enum.IntEnum):

@@ -28,8 +28,8 @@ from pydantic import SecretStr
 
 from streamd.outbox import Outbox, Row
 from streamd.sparkplug import model
-from streamd.sparkplug.codec import DataType, DecodeError, Metric, decode_payload
-from streamd.sparkplug.recorder import DDEATH, Recorder, decode_row, now_ms
+from streamd.sparkplug.codec import DataType, DecodeError, Metric, decode_payload, now_ms
+from streamd.sparkplug.recorder import DDEATH, Recorder, decode_row
 from streamd.sparkplug.sender import Sender
 from streamd.sparkplug.session import (
     BdSeqStore,
@@ -254,7 +254,7 @@ class EdgeNode:
     def _births(self) -> None:
         """NBIRTH (seq 0), then a DBIRTH for every living camera."""
         self._rebirth = False
-        now_ms = round(time.time() * 1000)
+        now = now_ms()
         node = [
             Metric(model.BDSEQ, DataType.UINT64, self._bdseq),
             Metric(model.REBIRTH, DataType.BOOLEAN, False),
@@ -263,9 +263,9 @@ class EdgeNode:
             Metric(model.DETECTOR_MODEL, DataType.STRING, self._info.detector_model),
             Metric(model.CAMERA_COUNT, DataType.INT32, len(self._rec.cameras)),
         ]
-        devices = {name: dev.metrics.birth_metrics(self._rec.labels, now_ms)
+        devices = {name: dev.metrics.birth_metrics(self._rec.labels, now)
                    for name, dev in self._rec.devices.items() if dev.alive}
-        self._sender.births(node, devices, self._rec.labels, now_ms)
+        self._sender.births(node, devices, self._rec.labels, now)
 
     # -- commands ------------------------------------------------------------------------------
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from streamd.outbox import Outbox
 from streamd.sparkplug import model
-from streamd.sparkplug.codec import DataType
+from streamd.sparkplug.codec import DataType, now_ms
 from streamd.sparkplug.model import CameraMetrics, Change
 
 log = logging.getLogger(__name__)
@@ -44,10 +44,6 @@ class Stored:
 def decode_row(payload: bytes) -> Stored:
     body = json.loads(payload)
     return Stored(body["k"], [Change.from_json(c) for c in body.get("m", [])])
-
-
-def now_ms() -> int:
-    return round(time.time() * 1000)
 
 
 def _discard(camera: str | None, changes: list[Change], kind: str) -> None:

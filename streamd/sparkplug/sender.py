@@ -10,13 +10,12 @@ Births declare name and alias; data messages carry the alias only.
 from __future__ import annotations
 
 import logging
-import time
 from collections import Counter
 from collections.abc import Iterable
 
 import paho.mqtt.client as mqtt
 
-from streamd.sparkplug.codec import Metric, encode_payload
+from streamd.sparkplug.codec import Metric, encode_payload, now_ms
 from streamd.sparkplug.model import Change
 from streamd.sparkplug.session import Session, Topics
 
@@ -71,7 +70,7 @@ class Sender:
 
     def _publish(self, message_type: str, device: str | None, metrics: list[Metric],
                  seq: int) -> bool:
-        payload = encode_payload(metrics, round(time.time() * 1000), seq)
+        payload = encode_payload(metrics, now_ms(), seq)
         info = self._session.publish(self.topic(message_type, device), payload, qos=0)
         if info is None:
             log.warning("sparkplug %s not sent: not connected", message_type)

@@ -20,7 +20,6 @@ import os
 import queue
 import ssl
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,7 +29,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 from pydantic import SecretStr
 
-from streamd.sparkplug.codec import DataType, Metric, encode_payload
+from streamd.sparkplug.codec import DataType, Metric, encode_payload, now_ms
 from streamd.sparkplug.model import BDSEQ
 
 if TYPE_CHECKING:
@@ -112,9 +111,9 @@ class BdSeqStore:
 
 def death_payload(bdseq: int) -> bytes:
     """NDEATH: a timestamp and the `bdSeq` metric, no `seq`."""
-    now_ms = round(time.time() * 1000)
-    return encode_payload([Metric(BDSEQ, DataType.UINT64, bdseq, timestamp_ms=now_ms)],
-                          now_ms, seq=None)
+    now = now_ms()
+    return encode_payload([Metric(BDSEQ, DataType.UINT64, bdseq, timestamp_ms=now)], now,
+                          seq=None)
 
 
 class Session:
