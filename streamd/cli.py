@@ -21,7 +21,7 @@ from streamd import __version__, config
 
 log = logging.getLogger("streamd")
 
-EXIT_OK, EXIT_FAILURE, EXIT_CONFIG, EXIT_TEMPFAIL = 0, 1, 2, 75
+EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2  # 75 (EX_TEMPFAIL) is app.EXIT_TEMPFAIL
 
 
 def _setup_logging(level: str) -> None:
