@@ -18,6 +18,9 @@ from typing import Protocol
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
+from pydantic import SecretStr
+
+from streamd.mqtt import MQTTSettings
 
 log = logging.getLogger(__name__)
 
@@ -32,13 +35,14 @@ class ClientOptions:
     client_id: str
     keepalive_s: int
     will_topic: str
-    will_payload: str
+    will_payload: str | bytes
     username: str | None = None
     password: str | None = None
     ca_file: Path | None = None
     cert_file: Path | None = None
     key_file: Path | None = None
     tls: bool = False
+    will_retain: bool = True
 
 
 @dataclass(frozen=True)
@@ -81,16 +85,7 @@ class PahoClient:
         self._options = options
         self._handlers = handlers
         self._closed = False
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=options.client_id,
-                             protocol=mqtt.MQTTv311, clean_session=True)
-        if options.username is not None:
-            client.username_pw_set(options.username, options.password)
-        if options.tls:
-            client.tls_set(ca_certs=_str(options.ca_file), certfile=_str(options.cert_file),
-                           keyfile=_str(options.key_file), cert_reqs=ssl.CERT_REQUIRED)
-        client.will_set(options.will_topic, options.will_payload, qos=1, retain=True)
-        client.reconnect_delay_set(min_delay=1, max_delay=4)
-        client.max_queued_messages_set(0)
+        client = paho_client(options)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
@@ -133,6 +128,38 @@ class PahoClient:
     def _on_message(self, client: mqtt.Client, userdata: object,
                     msg: mqtt.MQTTMessage) -> None:
         self._handlers.on_message(msg.topic, bytes(msg.payload), bool(msg.retain))
+
+
+def client_options(m: MQTTSettings, password: SecretStr | None, *, client_id: str,
+                   will_topic: str, will_payload: str | bytes, will_retain: bool = True
+                   ) -> ClientOptions:
+    """The `mqtt:` section's broker, login and TLS for one session with its own id and will
+    (the contract's publisher and the Sparkplug node connect alike)."""
+    tls = m.tls
+    return ClientOptions(
+        host=m.host, port=m.port, client_id=client_id, keepalive_s=m.keepalive_s,
+        will_topic=will_topic, will_payload=will_payload, will_retain=will_retain,
+        username=m.username,
+        password=password.get_secret_value() if password is not None else None,
+        tls=tls is not None, ca_file=tls.ca_file if tls else None,
+        cert_file=tls.cert_file if tls else None, key_file=tls.key_file if tls else None)
+
+
+def paho_client(options: ClientOptions) -> mqtt.Client:
+    """A paho 2.x client (MQTT 3.1.1, clean session) with the login, TLS, will and reconnect
+    pacing (1-4 s) of `options`, and no offline queue; the callbacks are the caller's."""
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=options.client_id,
+                         protocol=mqtt.MQTTv311, clean_session=True)
+    if options.username is not None:
+        client.username_pw_set(options.username, options.password)
+    if options.tls:
+        client.tls_set(ca_certs=_str(options.ca_file), certfile=_str(options.cert_file),
+                       keyfile=_str(options.key_file), cert_reqs=ssl.CERT_REQUIRED)
+    client.will_set(options.will_topic, options.will_payload, qos=1,
+                    retain=options.will_retain)
+    client.reconnect_delay_set(min_delay=1, max_delay=4)
+    client.max_queued_messages_set(0)
+    return client
 
 
 def _str(path: Path | None) -> str | None:

@@ -25,7 +25,7 @@ from pydantic import SecretStr
 from streamd import contract
 from streamd.config import Settings
 from streamd.contract import CameraState, Kind, MessageListener
-from streamd.mqttclient import ClientFactory, ClientHandlers, ClientOptions, PahoClient
+from streamd.mqttclient import ClientFactory, ClientHandlers, PahoClient, client_options
 from streamd.outbox import Outbox, Row
 from streamd.state import Counter, StateStore
 from streamd.threads import Deadline
@@ -57,18 +57,6 @@ class LatencyWindow:
         p50, p95, p99 = np.percentile(arr, [50, 95, 99])
         return {"p50": round(float(p50), 1), "p95": round(float(p95), 1),
                 "p99": round(float(p99), 1)}
-
-
-def client_options(settings: Settings, password: SecretStr | None) -> ClientOptions:
-    m = settings.mqtt
-    tls = m.tls
-    return ClientOptions(
-        host=m.host, port=m.port, client_id=settings.client_id, keepalive_s=m.keepalive_s,
-        will_topic=contract.site_topic(settings.topic_prefix),
-        will_payload=contract.SITE_OFFLINE, username=m.username,
-        password=password.get_secret_value() if password is not None else None,
-        tls=tls is not None, ca_file=tls.ca_file if tls else None,
-        cert_file=tls.cert_file if tls else None, key_file=tls.key_file if tls else None)
 
 
 class Publisher:
@@ -110,7 +98,10 @@ class Publisher:
         self._listeners: list[MessageListener] = []
         self.latency: dict[str, LatencyWindow] = collections.defaultdict(LatencyWindow)
         self._on_snapshot_request = on_snapshot_request
-        self._client = client_factory(client_options(settings, password), ClientHandlers(
+        self._client = client_factory(client_options(
+            settings.mqtt, password, client_id=settings.client_id,
+            will_topic=contract.site_topic(settings.topic_prefix),
+            will_payload=contract.SITE_OFFLINE), ClientHandlers(
             self._on_connect, self._on_disconnect, self._on_publish, self._on_message))
         self._pump = threading.Thread(target=self._run, name="mqtt-pump", daemon=True)
 

@@ -18,17 +18,16 @@ import json
 import logging
 import os
 import queue
-import ssl
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 from pydantic import SecretStr
 
+from streamd.mqttclient import client_options, paho_client
 from streamd.sparkplug.codec import DataType, Metric, encode_payload, now_ms
 from streamd.sparkplug.model import BDSEQ
 
@@ -139,24 +138,13 @@ class Session:
     def _make_client(self) -> mqtt.Client:
         """A fresh paho client per session: paho leaks its wake-up socket pair when one
         client's network thread is started a second time."""
-        m = self._m
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self._client_id,
-                             protocol=mqtt.MQTTv311, clean_session=True)
-        if m.username is not None:
-            client.username_pw_set(
-                m.username, self._password.get_secret_value() if self._password else None)
-        if m.tls is not None:
-            client.tls_set(ca_certs=str(m.tls.ca_file) if m.tls.ca_file else None,
-                           certfile=str(m.tls.cert_file) if m.tls.cert_file else None,
-                           keyfile=str(m.tls.key_file) if m.tls.key_file else None,
-                           cert_reqs=ssl.CERT_REQUIRED)
-        client.reconnect_delay_set(min_delay=1, max_delay=4)
-        client.max_queued_messages_set(0)
+        client = paho_client(client_options(
+            self._m, self._password, client_id=self._client_id,
+            will_topic=self.topics.node("NDEATH"), will_payload=death_payload(self.bdseq),
+            will_retain=False))
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
-        client.will_set(self.topics.node("NDEATH"), death_payload(self.bdseq), qos=1,
-                        retain=False)
         return client
 
     def _register_will(self) -> None:
