@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from streamd.benchutil import Broker, percentiles, render
+from streamd.benchutil import Broker, free_port, percentiles, render
 from streamd.config import ConfigError, Settings, load, validate
 from streamd.recall import compare, objects_by_frame
 
@@ -221,9 +221,9 @@ def bench(settings: Settings, video: str, args: argparse.Namespace, workdir: Pat
                         args.baseline_size)
         viewers = None
         if args.viewers:  # the live view on in the streamd variant, N clients watching it
-            from streamd.web.viewers import Viewers, free_loopback_port
+            from streamd.web.viewers import Viewers
 
-            web_port = free_loopback_port()
+            web_port = free_port()
             runs["streamd"]["web"] = {"enabled": True, "host": "127.0.0.1", "port": web_port}
             viewers = Viewers(web_port, f"/cameras/{CAMERA}/stream.mjpeg", args.viewers)
         result: dict[str, Any] = {"video": video, "detector": settings.detector.backend,

@@ -22,7 +22,8 @@ def percentiles(values: list[float]) -> dict[str, float] | None:
     return {"p50": round(float(p50), 1), "p95": round(float(p95), 1), "p99": round(float(p99), 1)}
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A loopback TCP port nothing listens on now (the bench's broker, the web view)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -48,7 +49,7 @@ class Broker:
         if binary is None:
             raise RuntimeError("mosquitto not found (apt-get install mosquitto), or pass "
                                "--broker")
-        port = _free_port()
+        port = free_port()
         conf = self._workdir / "mosquitto.conf"
         conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
                         + ("user root\n" if os.geteuid() == 0 else ""))

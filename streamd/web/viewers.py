@@ -8,19 +8,11 @@ stopped: the daemon under test starts after them and its web server comes up a m
 from __future__ import annotations
 
 import http.client
-import socket
 import threading
 import time
 from types import TracebackType
 
 from streamd.web.server import BOUNDARY
-
-
-def free_loopback_port() -> int:
-    """A TCP port nothing listens on now (for the daemon under test's web server)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Viewers:
