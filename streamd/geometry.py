@@ -135,6 +135,8 @@ def merge_touching(xyxy: npt.ArrayLike) -> Boxes:
         x1, y1, x2, y2 = boxes.T
         touch = ((x1[:, None] <= x2[None, :]) & (x1[None, :] <= x2[:, None])
                  & (y1[:, None] <= y2[None, :]) & (y1[None, :] <= y2[:, None]))
+        if np.count_nonzero(touch) == n and touch.diagonal().all():
+            break  # each box touches only itself (the common case): nothing to merge
         group = np.arange(n)
         while True:  # label propagation: each box takes the smallest id it is connected to
             new = np.where(touch, group[None, :], n).min(axis=1)
