@@ -106,7 +106,7 @@ def run_schedule(ms_per_image: float, rois: list[np.ndarray], *,
     now = [0.0]
     board = RateBoard(DetectorLoad(250, initial_ms_per_image=ms_per_image), 2.0,
                       clock=lambda: now[0])
-    schedule = AdaptiveSchedule("cam", board, input_size=320, paced=paced,
+    schedule = AdaptiveSchedule("cam", board, input_size=160, paced=paced,
                                 backlogged=lambda: backlogged)
     out = []
     for i, r in enumerate(rois):
@@ -145,13 +145,13 @@ def test_adaptive_reports_its_rate_and_plans_crops_like_the_fixed_policy() -> No
     assert schedule.allocated_hz == pytest.approx(2.0)
     assert schedule.fps == pytest.approx(10.0)
     board = RateBoard(DetectorLoad(250, initial_ms_per_image=1), 2.0)
-    adaptive = AdaptiveSchedule("cam", board, input_size=320).decide(0, SMALL, WH, 0.0,
+    adaptive = AdaptiveSchedule("cam", board, input_size=160).decide(0, SMALL, WH, 0.0,
                                                                       NO_TRACKS)
-    fixed = IntervalSchedule(input_size=320).decide(0, SMALL, WH)
+    fixed = IntervalSchedule(input_size=160).decide(0, SMALL, WH)
     assert adaptive.run and fixed.run and adaptive.regions is not None
     np.testing.assert_array_equal(adaptive.regions, fixed.regions)
     half = np.array([[0, 0, 640, 240]], np.int32)
-    assert AdaptiveSchedule("b", board, input_size=320).decide(
+    assert AdaptiveSchedule("b", board, input_size=160).decide(
         0, half, WH, 0.0, NO_TRACKS).regions is None, "half the frame: one whole-frame pass"
 
 

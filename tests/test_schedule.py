@@ -12,7 +12,7 @@ from streamd.detect.schedule import Decision, IntervalSchedule, camera_phase
 WH = (640, 480)
 NO_ROIS = np.empty((0, 4), np.int32)
 SMALL = np.array([[100, 100, 140, 180]], np.int32)
-"""One small mover: its crop (160 px square at input 320) covers far less than half."""
+"""One small mover: its crop (80 px square at input 160) covers far less than half."""
 HALF = np.array([[0, 0, 640, 240]], np.int32)
 
 
@@ -44,10 +44,14 @@ def kinds(schedule: IntervalSchedule, rois_per_frame: list[np.ndarray]) -> list[
     # crops that would cover half the frame: one whole-frame pass instead
     ({}, [HALF], ["F"]),
     ({"phase": 1, "full_frame_every": 3}, [NO_ROIS] * 3, ["-", "-", "F"]),
+    # a frame at most 3 inputs wide goes whole however small the motion (640 px at 320)
+    ({"input_size": 320}, [SMALL, NO_ROIS, SMALL], ["F", "-", "F"]),
+    ({"input_size": 214}, [SMALL], ["F"]),
+    ({"input_size": 213}, [SMALL], ["C"]),
 ])
 def test_decisions(params: dict[str, int], rois: list[np.ndarray], expected: list[str]
                    ) -> None:
-    assert kinds(IntervalSchedule(input_size=320, **params), rois) == expected
+    assert kinds(IntervalSchedule(**{"input_size": 160, **params}), rois) == expected
 
 
 def test_regions_cover_the_rois_inside_the_frame() -> None:
@@ -71,7 +75,7 @@ def test_the_phase_spreads_cameras_over_the_interval() -> None:
     """Cameras started together must not all hit the detector on the same tick."""
     names = [f"cam-{i}" for i in range(8)]
     runs = {n: [i for i, k in enumerate(kinds(IntervalSchedule(
-        input_size=320, interval=4, phase=camera_phase(n)), [SMALL] * 8)) if k == "C"]
+        input_size=160, interval=4, phase=camera_phase(n)), [SMALL] * 8)) if k == "C"]
         for n in names}
     assert all(len(r) == 2 and r[1] - r[0] == 4 for r in runs.values()), runs
     assert len({r[0] for r in runs.values()}) > 1, f"every camera on the same tick: {runs}"

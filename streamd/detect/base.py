@@ -30,9 +30,10 @@ class DetectorSettingsBase(StrictModel):
         "(0: only on motion ROIs), so objects that stopped moving are not lost.")
     max_crops: int = Field(
         1, ge=1, le=64, description="Crops per frame at most (more motion regions are "
-        "merged); when the crops would cover half the frame or more, the whole frame is "
-        "detected in one pass instead. Each crop costs one full inference at `input_size`, "
-        "so 1 is the cheapest; raise it when objects are small and far apart.")
+        "merged). Crops are used only on frames larger than 3 model inputs (e.g. wider than "
+        "900 px at the SSD's 300); smaller frames, and crops that would cover half the frame "
+        "or more, are detected whole in one pass. Each crop costs one full inference at "
+        "`input_size`, so 1 is the cheapest; raise it when objects are small and far apart.")
     interval: int | None = Field(
         None, ge=1, le=100, description="Unset (default): adaptive — each camera's detector "
         "rate follows the detector's measured capacity (`latency_target_ms`, `min_rate_hz`). "
