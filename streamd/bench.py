@@ -38,7 +38,7 @@ import numpy as np
 
 from streamd.benchutil import Broker, free_port, percentiles, render
 from streamd.config import ConfigError, Settings, load, validate
-from streamd.recall import compare, objects_by_frame
+from streamd.recall import compare, objects_by_frame, stability
 
 log = logging.getLogger(__name__)
 
@@ -257,6 +257,7 @@ def bench(settings: Settings, video: str, args: argparse.Namespace, workdir: Pat
             result["alone"] = _in_child(measure_alone, runs["streamd"],
                                         min(args.frames or 200, 200))
     result["recall"] = compare(published["reference"], published["streamd"]).as_dict()
+    result["reference_stability"] = stability(published["reference"]).recall
     s, r = result["streamd"], result["reference"]
     result["cpu_ratio"] = round(s["cpu_s_per_frame"] / r["cpu_s_per_frame"], 4) \
         if r["cpu_s_per_frame"] > 0 else None

@@ -116,6 +116,11 @@ def render(result: dict[str, Any]) -> str:
     ratio = "-" if result["cpu_ratio"] is None else f"{result['cpu_ratio']:.3f}"
     lines.append(f"  recall {recall} ({rec['matched']}/{rec['reference_objects']} reference "
                  f"objects; {rec['extra']} extra)   CPU per frame, streamd / reference: {ratio}")
+    stable = result.get("reference_stability")
+    if stable is not None:
+        lines.append(f"  reference stability {stable:.3f}: the reference's objects it also "
+                     "found one frame earlier (a frame without a detector run keeps at most "
+                     "about this much)")
     alone = result.get("alone")
     if alone:
         slowest = result["slowest_stage_ms"]

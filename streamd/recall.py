@@ -91,6 +91,17 @@ def compare(reference: ObjectsByFrame, published: ObjectsByFrame,
                         published=sum(len(v) for v in published.values()))
 
 
+def stability(reference: ObjectsByFrame, lag: int = 1) -> RecallCounts:
+    """The reference against itself `lag` frames earlier: the recall a pipeline would get
+    on a frame whose detector run it skipped, if it published the last run's boxes exactly
+    where they were. It bounds what skipping runs can keep: a detector whose answers change
+    from frame to frame (boxes jitter, objects near the confidence cut come and go) cannot
+    be skipped on a share s of the frames at a recall above 1 - s * (1 - stability), however
+    well the tracker carries."""
+    earlier = {fid: reference.get(fid - lag, ()) for fid in reference}
+    return compare(reference, earlier)
+
+
 def objects_by_frame(payloads: Iterable[Mapping[str, Any]]) -> dict[int, list[Labelled]]:
     """Contract-v1 `detections` payloads → objects per `frame_id` (a redelivered message
     replaces the first copy rather than doubling its objects)."""

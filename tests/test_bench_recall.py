@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from streamd.detect.tflite import DEFAULT_LABELS, DEFAULT_MODEL, FETCH_COMMAND
-from streamd.recall import Labelled, compare, match_frame, objects_by_frame
+from streamd.recall import Labelled, compare, match_frame, objects_by_frame, stability
 from tests.helpers.procs import REPO_ROOT, streamd_env
 
 P = "person"
@@ -50,6 +50,15 @@ def test_compare_counts_frames_missing_on_either_side() -> None:
     assert counts.extra == 2  # A_FAR in frame 2, and frame 4 which the reference lacks
     assert counts.recall == pytest.approx(0.5)
     assert counts.as_dict()["missed"] == 2
+
+
+def test_stability_compares_each_frame_with_the_one_before() -> None:
+    reference = {1: [(P, A)], 2: [(P, A_SHIFTED), (P, B)], 3: [(P, A_FAR)], 5: [(P, A_FAR)]}
+    counts = stability(reference)
+    # frame 2: A_SHIFTED matches frame 1's A, B is new; frame 3: A_FAR is too far from
+    # A_SHIFTED; frame 5: frame 4 published nothing; frame 1: nothing before it
+    assert (counts.reference, counts.matched) == (5, 1)
+    assert stability({}).recall is None
 
 
 def test_compare_empty_reference_has_no_recall() -> None:
@@ -99,6 +108,7 @@ cameras: [{{name: v, url: {sample_video}}}]
     assert rec["reference_objects"] > 0, "the reference found no one in vtest"
     assert 0.0 <= rec["recall"] <= 1.0
     assert rec["matched"] + rec["missed"] == rec["reference_objects"]
+    assert 0.5 < out["reference_stability"] <= 1.0, "vtest's walkers are found frame to frame"
     assert out["cpu_ratio"] == pytest.approx(
         out["streamd"]["cpu_s_per_frame"] / out["reference"]["cpu_s_per_frame"], rel=0.01)
     assert {"decode", "motion", "detector_full_frame"} <= out["alone"].keys()
