@@ -9,9 +9,9 @@ clean and with sigma-8 noise) and the ROIs a still, noisy scene yields (must be 
 
     .venv/bin/python benchmarks/motion.py --against <rev>
 
-`--against` loads `streamd/motion.py` as committed at that revision (`git show`) and runs
-the same measurements on it, interleaved with the working tree's, so that both see the
-same load on the box.
+`--against` loads `streamd/motion.py` and `streamd/flow.py` as committed at that revision
+(`git show`) and runs the same measurements on them, interleaved with the working tree's,
+so that both see the same load on the box.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+import streamd.flow  # noqa: E402
 from streamd.frames import Frame  # noqa: E402
 from streamd.motion import MotionSettings, MotionStage  # noqa: E402
 from tests.test_motion import frame, measure_recall, render, still  # noqa: E402
@@ -49,15 +50,35 @@ StageType = Callable[[MotionSettings], MotionStage]
 
 
 def load_revision(rev: str) -> ModuleType:
-    """`streamd/motion.py` as committed at `rev`, imported under another module name."""
-    source = subprocess.run(["git", "-C", str(REPO), "show", f"{rev}:streamd/motion.py"],
-                            check=True, capture_output=True, text=True).stdout
-    path = Path("/tmp") / f"streamd_motion_{rev.replace('/', '_')}.py"
-    path.write_text(source)
-    name = f"motion_{abs(hash(rev))}"
-    spec = importlib.util.spec_from_file_location(name, path)
+    """`streamd/motion.py` as committed at `rev`, imported under another module name, with
+    the `streamd/flow.py` of the same revision (where it has one): the working tree's flow
+    module would mix two versions."""
+    flow_at_rev = _import_at(rev, "streamd/flow.py")
+    saved = streamd.flow
+    if flow_at_rev is not None:  # `from streamd import flow` reads the package attribute
+        setattr(streamd, "flow", flow_at_rev)  # noqa: B010
+    try:
+        module = _import_at(rev, "streamd/motion.py")
+    finally:
+        setattr(streamd, "flow", saved)  # noqa: B010
+    if module is None:
+        raise SystemExit(f"streamd/motion.py is not in {rev}")
+    return module
+
+
+def _import_at(rev: str, path: str) -> ModuleType | None:
+    """The module at `path` as committed at `rev`, under a name of its own; None if absent."""
+    shown = subprocess.run(["git", "-C", str(REPO), "show", f"{rev}:{path}"],
+                           capture_output=True, text=True)
+    if shown.returncode != 0:
+        return None
+    stem = Path(path).stem
+    file = Path("/tmp") / f"streamd_{stem}_{rev.replace('/', '_')}.py"
+    file.write_text(shown.stdout)
+    name = f"{stem}_{abs(hash(rev))}"
+    spec = importlib.util.spec_from_file_location(name, file)
     if spec is None or spec.loader is None:
-        raise SystemExit(f"cannot import {path}")
+        raise SystemExit(f"cannot import {file}")
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module  # dataclasses look their module up while building Rois
     spec.loader.exec_module(module)

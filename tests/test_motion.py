@@ -17,6 +17,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
+from streamd import flow, geometry, motion
 from streamd.frames import Frame
 from streamd.motion import MotionSettings, MotionStage, Rois
 
@@ -242,13 +243,13 @@ def test_magnitude_field_to_boxes(blobs: list[Rect], min_area: float, pad: float
     mag = np.zeros((240, 320), np.float32)
     for x1, y1, x2, y2 in blobs:
         mag[y1:y2, x1:x2] = 2.0
-    fx, fy = mag.copy(), np.zeros_like(mag)
+    flow_xy = np.dstack([mag, np.zeros_like(mag)])  # moving right at 2 px/frame
     changed = np.ones((120, 160), bool)
-    rois = stage._rois(mag, fx, fy, 0.5, changed)
+    rois = stage._rois(mag, flow_xy, 0.5, changed)
     assert sorted(map(tuple, rois.xyxy.tolist())) == sorted(expected)
     assert np.allclose(rois.motion, 4.0) and np.allclose(rois.flow_xy, [4.0, 0.0])
     if blobs:  # where nothing changed beyond the noise, flow is noise
-        assert len(stage._rois(mag, fx, fy, 0.5, np.zeros_like(changed))) == 0
+        assert len(stage._rois(mag, flow_xy, 0.5, np.zeros_like(changed))) == 0
 
 
 # --- finding movers -----------------------------------------------------------------------
@@ -510,6 +511,47 @@ def test_one_object_is_one_roi(hole: int) -> None:
                             for i in range(6)])[1:]:
         assert len(rois) == 1
         assert coverage(m.box, rois) > 0.7
+
+
+# --- the cheaper routes give what the plain ones give -----------------------------------
+
+
+@pytest.mark.parametrize(("wh", "max_diff"), [
+    ((960, 540), 0),    # 3x3 means: a box filter sampled every third pixel, bit for bit
+    ((640, 360), 0),    # 2x2 means
+    ((1280, 720), 1),   # 2x2 twice: rounds twice
+    ((1920, 1080), 1),  # 2x2, then 3x3
+    ((400, 300), 0),    # under 2x: INTER_AREA itself
+])
+def test_small_grey_is_the_block_means(wh: tuple[int, int], max_diff: int) -> None:
+    rng = np.random.default_rng(61)
+    bgr = rng.integers(0, 256, (wh[1], wh[0], 3), dtype=np.uint8)
+    small_wh = (320, round(wh[1] * 320 / wh[0]))
+    expected = cv2.resize(cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY), small_wh,
+                          interpolation=cv2.INTER_AREA)
+    got = flow.small_grey(bgr, small_wh)
+    assert got.shape == expected.shape and got.dtype == np.uint8
+    assert int(np.abs(got.astype(np.int16) - expected).max()) <= max_diff
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 5, 12, 40])  # 40: numpy's turn
+def test_merge_touching_matches_geometry(n: int) -> None:
+    """Boxes on a coarse grid, so that edges and corners often touch exactly."""
+    rng = np.random.default_rng(n)
+    for _ in range(50):
+        xy = rng.integers(0, 30, (n, 2)) * 4
+        wh = rng.integers(1, 6, (n, 2)) * 4
+        boxes = [(float(x), float(y), float(x + w), float(y + h))
+                 for (x, y), (w, h) in zip(xy, wh, strict=True)]
+        expected = geometry.merge_touching(np.array(boxes).reshape(-1, 4)).tolist()
+        assert [list(b) for b in motion._merge_touching(boxes)] == expected
+
+
+@pytest.mark.parametrize("shape", [(1,), (2,), (7, 9), (45, 80)])
+def test_median_matches_numpy(shape: tuple[int, ...]) -> None:
+    values = np.random.default_rng(67).random((2 * shape[0], *shape[1:]), np.float32)
+    strided = values[::2]
+    assert flow.median(strided) == pytest.approx(float(np.median(strided)), rel=1e-6)
 
 
 # --- lifecycle ----------------------------------------------------------------------------
