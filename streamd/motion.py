@@ -236,7 +236,7 @@ class MotionStage:
             return Rois.empty()
         self.analysed += 1
         flow_xy, mag = flow.farneback(prev, small, regions)
-        return self._rois(mag, flow_xy, self._threshold(mag), changed)
+        return self._rois(mag, flow_xy, self._threshold(mag, regions), changed)
 
     # --- per frame size -------------------------------------------------------------------
 
@@ -270,8 +270,9 @@ class MotionStage:
 
     # --- per frame ------------------------------------------------------------------------
 
-    def _threshold(self, mag: _F32) -> float:
-        """Magnitude threshold at the flow scale (px/frame)."""
+    def _threshold(self, mag: _F32, regions: list[flow.Region]) -> float:
+        """Magnitude threshold at the flow scale (px/frame); `regions`: where the flow ran
+        (the magnitude is 0 elsewhere)."""
         fixed = self._settings.threshold
         if fixed != "auto":
             return float(fixed) / self._scale
@@ -280,7 +281,11 @@ class MotionStage:
             sample = sample[~self._ignore[::2, ::2]]
         if sample.size == 0:
             return _AUTO_FLOOR if self._auto is None else max(_AUTO_FLOOR, self._auto)
-        if 2 * np.count_nonzero(sample) < sample.size:
+        # sampled pixels inside the regions: an upper bound on the non-zero ones that spares
+        # counting them when the regions alone are too small (the usual case)
+        inside = sum(((x2 + 1) // 2 - (x1 + 1) // 2) * ((y2 + 1) // 2 - (y1 + 1) // 2)
+                     for x1, y1, x2, y2 in regions)
+        if 2 * inside < sample.size or 2 * np.count_nonzero(sample) < sample.size:
             noise = 0.0  # flow ran over less than half the frame: median and MAD are 0
         else:
             med = flow.median(sample)
