@@ -75,7 +75,6 @@ class MotionSettings(StrictModel):
 
 BoxArray = npt.NDArray[np.int32]
 FloatArray = npt.NDArray[np.float32]
-_F64 = npt.NDArray[np.float64]
 _F32 = npt.NDArray[np.float32]
 _U8 = npt.NDArray[np.uint8]
 _Mask = npt.NDArray[np.bool_]
