@@ -69,7 +69,10 @@ def test_load_measures_cost_and_backs_off_when_the_queue_waits() -> None:
     assert load.ms_per_image == pytest.approx(20)
     before = load.capacity_ips()
     for _ in range(5):
-        load.observe_wait(200)  # far past a quarter of the target
+        load.observe_wait(200)  # past the wait budget: 250 * 0.8 - 20 = 180 ms
+    assert load.wait_budget_ms() == pytest.approx(180)
+    assert DetectorLoad(250, initial_ms_per_image=300).wait_budget_ms() == 62.5, \
+        "a detector slower than the target: a quarter of it"
     assert load.capacity_ips() < 0.7 * before
     low = load.utilisation
     for _ in range(50):
@@ -173,7 +176,7 @@ def test_service_measures_the_detector_and_says_when_its_queue_is_full() -> None
             assert len(f.result(5)) == 1
     assert not service.backlogged()
     assert load.ms_per_image < 1000, "measured, replacing the initial guess"
-    assert load.utilisation < 0.7, "the second batch waited past a quarter of the target"
+    assert load.utilisation < 0.7, "the second batch waited past its budget"
 
 
 def test_board_yields_detector_time_down_to_the_floors() -> None:

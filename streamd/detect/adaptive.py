@@ -14,11 +14,13 @@ detector run, whether anything moves), and splits the detector's capacity:
 
 Capacity is `utilisation * 1000 / ms_per_image` images per second. The utilisation follows the
 detector's queueing delay (additive increase, multiplicative decrease): a queue that waits
-longer than a quarter of the latency target means the detector is oversubscribed, so the
-backlog stays bounded instead of growing. It is also capped by a `ceiling` that the shedding
-governor (`streamd.shed`) lowers while analysis falls behind: on a box where the detector and
-motion share the same cores, detector time above the floors is given back before any frame
-is shed (`RateBoard.yield_capacity`), and taken again once analysis keeps up.
+longer than its share of the latency target (`DetectorLoad.wait_budget_ms`: what is left of
+the target after the detector's own call and the rest of the pipeline) means the detector is
+oversubscribed, so the backlog stays bounded instead of growing. It is also capped by a
+`ceiling` that the shedding governor (`streamd.shed`) lowers while analysis falls behind: on
+a box where the detector and motion share the same cores, detector time above the floors is
+given back before any frame is shed (`RateBoard.yield_capacity`), and taken again once
+analysis keeps up.
 
 `AdaptiveSchedule` is the per-camera side (the `DetectionSchedule` seam, the default when
 `detector.interval` is not set): time-based, it runs the detector when the camera's allocated
@@ -52,6 +54,10 @@ RECOMPUTE_S = 0.25
 """Allocations are recomputed at most this often (each camera reports every frame)."""
 STALE_S = 2.0
 """A camera that has not reported for this long (stopped, stalled) is left out."""
+PIPELINE_SHARE = 0.2
+"""Of the latency target, what capture, motion and publishing are given (measured in the
+8-camera fleet: motion and publishing stay under ~30 ms of the 250 ms default); the rest
+is the detector's, its own call and the wait before it."""
 
 
 @dataclass(frozen=True)
@@ -135,11 +141,23 @@ class DetectorLoad:
                 EMA_ALPHA * per + (1 - EMA_ALPHA) * self._ms_per_image)
             self._measured = True
 
+    def wait_budget_ms(self) -> float:
+        """How long a request may wait for the detector while the latency target still
+        holds: the target less the pipeline's share and one detector call, and never less
+        than a quarter of the target (a detector slower than the target cannot hold it by
+        waiting less). A fixed quarter starved a 70 ms detector: one call in flight already
+        made the next request wait that long."""
+        target = self.latency_target_ms
+        with self._lock:
+            per = self._ms_per_image
+        return max(target / 4, target * (1 - PIPELINE_SHARE) - per)
+
     def observe_wait(self, ms: float) -> None:
         """A batch's oldest request waited `ms` in the queue before the batch started (the
         service reports one figure per batch)."""
+        budget = self.wait_budget_ms()
         with self._lock:
-            if ms > self.latency_target_ms / 4:
+            if ms > budget:
                 self._utilisation = max(UTILISATION_MIN, self._utilisation * 0.9)
             else:
                 self._utilisation = min(UTILISATION_MAX, self._utilisation + UTILISATION_STEP)

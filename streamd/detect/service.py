@@ -172,13 +172,13 @@ class DetectorService:
 
     def backlogged(self) -> bool:
         """The work a new request would wait behind (queued, and the batch in the detector)
-        exceeds a quarter of the latency target, and is more than one image: a camera whose
-        run is due defers it. False without a load."""
+        exceeds the load's wait budget, and is more than one image: a camera whose run is
+        due defers it. False without a load."""
         load = self.load
         if load is None:
             return False
         ms = load.ms_per_image
-        return self.unanswered_images * ms > max(load.latency_target_ms / 4, ms)
+        return self.unanswered_images * ms > max(load.wait_budget_ms(), ms)
 
     def _next_batch(self) -> list[_Request]:
         """Block for a first request, then gather more until `batch_wait_s` after it or a
