@@ -2,16 +2,19 @@
 
 CPU milliseconds per frame of `MotionStage.propose` on real video (data/vtest.avi, 768x576,
 and the same frames resized to 960x540), at the default settings, measured as this
-thread's CPU time (`time.thread_time`, so other load on a shared box counts little) with
-one OpenCV thread, median of `--runs` runs; next to it the synthetic-shapes recall
-(`tests/test_motion.py::measure_recall`: fast 2-6 px/frame and slow 0.7-2 px/frame movers,
-clean and with sigma-8 noise) and the ROIs a still, noisy scene yields (must be 0).
+thread's CPU time (`time.thread_time`: other processes' time is not counted, though their
+load still slows this thread) with one OpenCV thread, median of `--runs` runs; next to it
+the synthetic-shapes recall (`tests/test_motion.py::measure_recall`: fast 2-6 px/frame and
+slow 0.7-2 px/frame movers, clean and with sigma-8 noise) and the ROIs a still, noisy scene
+yields (must be 0).
 
     .venv/bin/python benchmarks/motion.py --against <rev>
 
 `--against` loads `streamd/motion.py` and `streamd/flow.py` as committed at that revision
-(`git show`) and runs the same measurements on them, interleaved with the working tree's,
-so that both see the same load on the box.
+(`git show`) and runs the same measurements on them. The versions take turns frame by
+frame (each its own stage, the same frames), so that the load of a shared box, which
+inflates even thread CPU time (caches, a sibling hyperthread), hits them alike: their
+ratio holds where the absolute figures move by 30 %.
 """
 
 from __future__ import annotations
@@ -109,12 +112,20 @@ def resized(frames: Sequence[Frame], wh: tuple[int, int]) -> list[Frame]:
     return out
 
 
-def ms_per_frame(stage_type: StageType, frames: Sequence[Frame]) -> tuple[float, int]:
-    """Thread CPU ms per `propose` over `frames` with a fresh stage; and the ROIs found."""
-    stage = stage_type(MotionSettings())
-    start = time.thread_time()
-    rois = sum(len(stage.propose(f)) for f in frames)
-    return (time.thread_time() - start) / len(frames) * 1e3, rois
+def ms_per_frame(variants: dict[str, StageType],
+                 frames: Sequence[Frame]) -> dict[str, tuple[float, int]]:
+    """Per variant: thread CPU ms per `propose` over `frames` with a fresh stage, and the
+    ROIs found; the variants take turns on each frame, the first changing every frame."""
+    stages = {name: stage_type(MotionSettings()) for name, stage_type in variants.items()}
+    spent = dict.fromkeys(stages, 0.0)
+    rois = dict.fromkeys(stages, 0)
+    names = list(stages)
+    for i, f in enumerate(frames):
+        for name in names if i % 2 == 0 else names[::-1]:
+            start = time.thread_time()
+            rois[name] += len(stages[name].propose(f))
+            spent[name] += time.thread_time() - start
+    return {name: (spent[name] / len(frames) * 1e3, rois[name]) for name in names}
 
 
 def still_rois(stage_type: StageType, n: int = 30) -> int:
@@ -146,11 +157,10 @@ def main() -> int:
     clips = {wh: resized(video, wh) for wh in SIZES}
     times: dict[str, dict[str, list[float]]] = {v: {} for v in variants}
     rois: dict[str, dict[str, int]] = {v: {} for v in variants}
-    for _ in range(args.runs):  # interleaved, so a burst of load hits both alike
-        for name, stage_type in variants.items():
-            for wh, clip in clips.items():
-                key = f"{wh[0]}x{wh[1]}"
-                ms, n = ms_per_frame(stage_type, clip)
+    for _ in range(args.runs):
+        for wh, clip in clips.items():
+            key = f"{wh[0]}x{wh[1]}"
+            for name, (ms, n) in ms_per_frame(variants, clip).items():
                 times[name].setdefault(key, []).append(ms)
                 rois[name][key] = n
     report: dict[str, Any] = {}
@@ -163,6 +173,11 @@ def main() -> int:
                        for label, kw in RECALL_SETS.items()},
             "still_noisy_rois": still_rois(stage_type),
         }
+    if args.against:  # per run, so that both figures of a ratio saw the same load
+        base = times[args.against]
+        report["working tree"]["ratio_to_against"] = {
+            k: round(statistics.median(a / b for a, b in zip(v, base[k], strict=True)), 3)
+            for k, v in times["working tree"].items()}
     if args.json:
         print(json.dumps({"video": str(args.video), "frames": len(video), "runs": args.runs,
                           "results": report}, indent=2))
@@ -175,6 +190,10 @@ def main() -> int:
         cells = [f"{r['ms_per_frame'][f'{w}x{h}']:.2f}" for w, h in SIZES]
         cells += [f"{r['recall'][k]:.3f}" for k in RECALL_SETS] + [str(r["still_noisy_rois"])]
         print(f"{name[:14]:14s}" + "".join(f"{c:>17s}" for c in cells))
+    if args.against:
+        ratios = report["working tree"]["ratio_to_against"]
+        print(f"{'ratio':14s}" + "".join(f"{ratios[f'{w}x{h}']:>17.3f}" for w, h in SIZES)
+              + f"   (working tree / {args.against}, median of the per-run ratios)")
     return 0
 
 
