@@ -29,7 +29,7 @@ from streamd.frames import Frame, FrameSlot, Image, SlotClosed
 from streamd.redact import redact
 from streamd.settings import NAME_PATTERN, Problem, StrictModel
 from streamd.state import Counter
-from streamd.threads import Deadline, join, name_os_thread
+from streamd.threads import Deadline, join, lower_priority, name_os_thread
 
 log = logging.getLogger(__name__)
 
@@ -225,6 +225,7 @@ class CaptureWorker:
 
     def _run(self) -> None:
         name_os_thread()
+        lower_priority()
         final: CameraState = CameraState.STOPPED
         reason: str | None = None
         try:

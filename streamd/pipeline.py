@@ -41,7 +41,7 @@ from streamd.motion import MotionSettings, MotionStage, Rois
 from streamd.publish import Publisher
 from streamd.shed import SHED_REASON, ShedGovernor
 from streamd.snapshot import SnapshotSettings, annotate
-from streamd.threads import Deadline, join, name_os_thread
+from streamd.threads import Deadline, join, lower_priority, name_os_thread
 from streamd.track import Tracker
 
 log = logging.getLogger(__name__)
@@ -189,6 +189,7 @@ class CameraPipeline:
 
     def _run(self) -> None:
         name_os_thread()
+        lower_priority()
         try:
             while True:
                 frame = self.slot.take(timeout_s=0.5)
@@ -225,6 +226,7 @@ class CameraPipeline:
 
     def _finish_loop(self) -> None:
         name_os_thread()
+        lower_priority()
         while True:
             try:
                 pending = self._pending.get(timeout=0.25)

@@ -205,3 +205,21 @@ def test_descriptions_from_another_thread_reach_the_view_and_snapshots(
     pipe.note_description(1, "gone")
     pipe.finish(pipe.analyse(Frame("cam", 1, 1e9, image, stream=1)))
     assert view.offers[-1][1] == {}, "objects the tracker does not follow are forgotten"
+
+
+def test_the_pipeline_threads_run_below_the_process(
+        publisher: tuple[Publisher, list[dict[str, Any]]]) -> None:
+    """Analysis and publish are per-camera threads: under a CPU shortage they yield to the
+    shared detector and MQTT threads (`streamd.threads.lower_priority`)."""
+    from streamd.threads import CAMERA_THREAD_NICE, Deadline
+    from tests.test_threads import nice_of, thread_nice
+
+    pipe = CameraPipeline(CAMERA.model_copy(update={"name": "nicecam"}), FrameSlot(),
+                          stages(publisher[0])).start()
+    try:
+        want = min(19, nice_of(threading.get_native_id()) + CAMERA_THREAD_NICE)
+        assert thread_nice("analysis-niceca") == want  # the kernel keeps 15 bytes
+        assert thread_nice("publish-nicecam") == want
+    finally:
+        pipe.request_stop(Deadline(2))
+        assert pipe.join(Deadline(5))
