@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import sys
 import threading
 import time
 
@@ -39,7 +40,7 @@ from streamd.report import Report
 from streamd.shed import ShedGovernor
 from streamd.sparkplug.node import EdgeNode, NodeInfo
 from streamd.state import StateStore
-from streamd.threads import Deadline
+from streamd.threads import GIL_SWITCH_INTERVAL_S, Deadline
 from streamd.track import Tracker
 
 log = logging.getLogger(__name__)
@@ -109,6 +110,7 @@ class App:
 
     def run(self) -> int:
         s = self.settings
+        sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)  # the daemon owns its process
         if s.detector.backend == "tensorrt":  # a first engine build takes minutes
             self.notifier.send(f"EXTEND_TIMEOUT_USEC={ENGINE_BUILD_BUDGET_S * 10**6}",
                                "STATUS=loading the detector (building a TensorRT engine "

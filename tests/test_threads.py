@@ -14,6 +14,7 @@ from streamd.capture import CameraSettings, CaptureWorker
 from streamd.frames import FrameSlot
 from streamd.state import StateStore
 from streamd.threads import CAMERA_THREAD_NICE, lower_priority
+from tests.helpers.mqtt import Mosquitto
 from tests.helpers.video import write_moving_shapes_video
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="nice per thread")
@@ -65,3 +66,27 @@ def test_a_capture_thread_runs_below_the_process(tmp_path: Path) -> None:
     finally:
         slot.close()
         worker.stop()
+
+
+def test_the_daemon_hands_the_gil_over_every_millisecond(tmp_path: Path, mosquitto: Mosquitto,
+                                                         sample_video: Path) -> None:
+    """`App.run` sets the interpreter's switch interval (the daemon owns its process); run
+    in-process on a few frames of a file, against a real broker."""
+    from streamd.app import App
+    from streamd.config import load
+    from streamd.threads import GIL_SWITCH_INTERVAL_S
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"""site: t
+state_dir: {tmp_path / 'state'}
+mqtt: {{host: 127.0.0.1, port: {mosquitto.port}}}
+detector: {{backend: none}}
+describer: {{backend: none}}
+cameras: [{{name: v, url: {sample_video}}}]
+""")
+    before = sys.getswitchinterval()
+    try:
+        assert App(load(str(cfg)), max_frames=3).run() == 0
+        assert sys.getswitchinterval() == pytest.approx(GIL_SWITCH_INTERVAL_S)
+    finally:
+        sys.setswitchinterval(before)
