@@ -78,7 +78,7 @@ FloatArray = npt.NDArray[np.float32]
 _F32 = npt.NDArray[np.float32]
 _U8 = npt.NDArray[np.uint8]
 _Mask = npt.NDArray[np.bool_]
-_Box = tuple[float, float, float, float]
+_Box = geometry.Row
 """xyxy at the flow scale, one box."""
 
 # Auto threshold.
@@ -93,8 +93,6 @@ frame dominated by a large mover barely moves it."""
 
 _MAX_COMPONENTS = 256
 """Largest connected components considered; the box merge is O(N^2) per pass."""
-_PY_MERGE_MAX = 32
-"""Boxes up to which `_merge_touching` runs in plain Python rather than in numpy."""
 _MAD_TO_SIGMA = 1.4826
 
 
@@ -320,12 +318,13 @@ class MotionStage:
                       _MAX_COMPONENTS)
             rects = sorted(rects, key=lambda r: r[2] * r[3], reverse=True)[:_MAX_COMPONENTS]
         min_px = s.min_area * sw * sh
-        boxes = [b for b in _merge_touching([(x, y, x + w, y + h) for x, y, w, h in rects])
+        boxes = [b for b in geometry.merge_touching_rows(
+                     [(x, y, x + w, y + h) for x, y, w, h in rects])
                  if _area(b) >= min_px and self._any_changed(b, changed)]
         if not boxes:
             return Rois.empty()
         f = s.pad
-        boxes = _merge_touching([
+        boxes = geometry.merge_touching_rows([
             (min(max(x1 - (x2 - x1) * f, 0.0), sw), min(max(y1 - (y2 - y1) * f, 0.0), sh),
              min(max(x2 + (x2 - x1) * f, 0.0), sw), min(max(y2 + (y2 - y1) * f, 0.0), sh))
             for x1, y1, x2, y2 in boxes])
@@ -368,41 +367,6 @@ class MotionStage:
 
 def _area(box: _Box) -> float:
     return max(0.0, box[2] - box[0]) * max(0.0, box[3] - box[1])
-
-
-def _merge_touching(boxes: list[_Box]) -> list[_Box]:
-    """`geometry.merge_touching` (same groups, same order) on the few boxes of one frame, as
-    plain Python: at ~5 boxes numpy's fixed cost per call dominates (0.04-0.15 ms a call
-    against ~0.01 ms). Many boxes (a noisy frame) go to numpy, whose O(N^2) is vectorised."""
-    if len(boxes) > _PY_MERGE_MAX:
-        merged = geometry.merge_touching(np.asarray(boxes, np.float64)).tolist()
-        return [(x1, y1, x2, y2) for x1, y1, x2, y2 in merged]
-    while len(boxes) > 1:
-        n = len(boxes)
-        root = list(range(n))  # union-find; a group's root is its smallest index
-        for i in range(n):
-            ax1, ay1, ax2, ay2 = boxes[i]
-            for j in range(i + 1, n):
-                bx1, by1, bx2, by2 = boxes[j]
-                if ax1 <= bx2 and bx1 <= ax2 and ay1 <= by2 and by1 <= ay2:
-                    ri, rj = _root(root, i), _root(root, j)
-                    root[max(ri, rj)] = min(ri, rj)
-        groups: dict[int, _Box] = {}
-        for i, (x1, y1, x2, y2) in enumerate(boxes):
-            r = _root(root, i)
-            g = groups.get(r)
-            groups[r] = ((x1, y1, x2, y2) if g is None else
-                         (min(g[0], x1), min(g[1], y1), max(g[2], x2), max(g[3], y2)))
-        if len(groups) == n:
-            break
-        boxes = list(groups.values())  # in the order of each group's first box
-    return boxes
-
-
-def _root(root: list[int], i: int) -> int:
-    while root[i] != i:
-        i = root[i]
-    return i
 
 
 def _frozen(a: _U8) -> _U8:

@@ -112,6 +112,20 @@ def test_merge_touching(boxes: Rows, expected: Rows) -> None:
     assert sorted(rows(geometry.merge_touching(boxes))) == sorted(rows(expected))
 
 
+@pytest.mark.parametrize("n", [0, 1, 2, 5, 12, 40])  # 40: past ROWS_MAX, numpy's turn
+def test_merge_touching_in_plain_python_matches_numpy(n: int) -> None:
+    """Boxes on a coarse grid, so that edges and corners often touch exactly."""
+    rng = np.random.default_rng(n)
+    for _ in range(50):
+        xy = rng.integers(0, 30, (n, 2)) * 4
+        wh = rng.integers(1, 6, (n, 2)) * 4
+        boxes = [(float(x), float(y), float(x + w), float(y + h))
+                 for (x, y), (w, h) in zip(xy, wh, strict=True)]
+        expected = geometry._merge_touching_arrays(geometry.as_boxes(boxes)).tolist()
+        assert [list(b) for b in geometry.merge_touching_rows(boxes)] == expected
+        assert geometry.merge_touching(boxes).tolist() == expected
+
+
 def test_inputs_are_not_modified() -> None:
     boxes = np.array([[0, 0, 10, 10], [5, 5, 15, 15]], np.float64)
     before = boxes.copy()

@@ -17,7 +17,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from streamd import flow, geometry, motion
+from streamd import flow
 from streamd.frames import Frame
 from streamd.motion import MotionSettings, MotionStage, Rois
 
@@ -532,19 +532,6 @@ def test_small_grey_is_the_block_means(wh: tuple[int, int], max_diff: int) -> No
     got = flow.small_grey(bgr, small_wh)
     assert got.shape == expected.shape and got.dtype == np.uint8
     assert int(np.abs(got.astype(np.int16) - expected).max()) <= max_diff
-
-
-@pytest.mark.parametrize("n", [0, 1, 2, 5, 12, 40])  # 40: numpy's turn
-def test_merge_touching_matches_geometry(n: int) -> None:
-    """Boxes on a coarse grid, so that edges and corners often touch exactly."""
-    rng = np.random.default_rng(n)
-    for _ in range(50):
-        xy = rng.integers(0, 30, (n, 2)) * 4
-        wh = rng.integers(1, 6, (n, 2)) * 4
-        boxes = [(float(x), float(y), float(x + w), float(y + h))
-                 for (x, y), (w, h) in zip(xy, wh, strict=True)]
-        expected = geometry.merge_touching(np.array(boxes).reshape(-1, 4)).tolist()
-        assert [list(b) for b in motion._merge_touching(boxes)] == expected
 
 
 @pytest.mark.parametrize("shape", [(1,), (2,), (7, 9), (45, 80)])
