@@ -20,11 +20,13 @@ True
 from __future__ import annotations
 
 import enum
+import mmap
 import struct
 import time
 from dataclasses import dataclass, field
 
 Value = bool | int | float | str | None
+Buffer = bytes | memoryview | mmap.mmap
 
 
 def now_ms() -> int:
@@ -150,7 +152,9 @@ class DecodeError(ValueError):
     """The bytes are not a Sparkplug B payload this decoder understands."""
 
 
-def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
+def read_varint(data: Buffer, pos: int) -> tuple[int, int]:
+    """The protobuf varint at `data[pos]` and the position after it (any indexable bytes:
+    the ONNX metadata reader walks an mmap with it too)."""
     result = shift = 0
     while True:
         if pos >= len(data) or shift > 63:
@@ -169,18 +173,18 @@ def _fields(data: bytes) -> list[tuple[int, int, int | bytes]]:
     out: list[tuple[int, int, int | bytes]] = []
     pos = 0
     while pos < len(data):
-        key, pos = _read_varint(data, pos)
+        key, pos = read_varint(data, pos)
         number, wire = key >> 3, key & 7
         value: int | bytes
         if wire == _VARINT:
-            value, pos = _read_varint(data, pos)
+            value, pos = read_varint(data, pos)
         elif wire in (_FIXED64, _FIXED32):
             size = 8 if wire == _FIXED64 else 4
             value, pos = data[pos:pos + size], pos + size
             if len(value) != size:
                 raise DecodeError("truncated fixed-size field")
         elif wire == _LEN:
-            size, pos = _read_varint(data, pos)
+            size, pos = read_varint(data, pos)
             value, pos = data[pos:pos + size], pos + size
             if len(value) != size:
                 raise DecodeError("truncated length-delimited field")

@@ -7,19 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from streamd.detect.tensorrt.errors import EngineError
-
-
-def _varint(buf: memoryview | mmap.mmap, pos: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        if pos >= len(buf) or shift > 63:
-            raise ValueError("truncated varint")
-        byte = buf[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return value, pos
-        shift += 7
+from streamd.sparkplug.codec import read_varint
 
 
 def _fields(buf: memoryview | mmap.mmap, start: int, end: int
@@ -28,16 +16,16 @@ def _fields(buf: memoryview | mmap.mmap, start: int, end: int
     end or varint value)."""
     pos = start
     while pos < end:
-        tag, pos = _varint(buf, pos)
+        tag, pos = read_varint(buf, pos)
         number, wire = tag >> 3, tag & 7
         if wire == 0:
-            value, pos = _varint(buf, pos)
+            value, pos = read_varint(buf, pos)
             yield number, wire, value, pos
         elif wire == 1:
             yield number, wire, pos, pos + 8
             pos += 8
         elif wire == 2:
-            size, pos = _varint(buf, pos)
+            size, pos = read_varint(buf, pos)
             if pos + size > end:
                 raise ValueError("field runs past the end")
             yield number, wire, pos, pos + size
