@@ -69,6 +69,25 @@ def most_overlapping(box: npt.ArrayLike, boxes: npt.ArrayLike) -> int | None:
     return best if inter[best] > 0 else None
 
 
+def greedy_pairs(scores: npt.NDArray[np.float64], minimum: float) -> list[tuple[int, int]]:
+    """Row/column pairs of `scores` (an IoU matrix) at or above `minimum`, best first, each
+    row and each column used at most once (ties in row-major order). Greedy rather than an
+    optimal assignment: with a handful of boxes and a threshold this high, two candidates for
+    the same box overlap each other so much that both pick the same pairs."""
+    rows, cols = np.nonzero(scores >= minimum)
+    used_rows: set[int] = set()
+    used_cols: set[int] = set()
+    pairs = []
+    for k in np.argsort(-scores[rows, cols], kind="stable"):
+        r, c = int(rows[k]), int(cols[k])
+        if r in used_rows or c in used_cols:
+            continue
+        used_rows.add(r)
+        used_cols.add(c)
+        pairs.append((r, c))
+    return pairs
+
+
 def nms(xyxy: npt.ArrayLike, scores: npt.ArrayLike, iou_threshold: float,
         class_id: npt.ArrayLike | None = None) -> Indices:
     """Greedy non-maximum suppression; with `class_id`, boxes only suppress their own class.

@@ -68,16 +68,7 @@ def match_frame(reference: Sequence[Labelled], published: Sequence[Labelled],
         ref = [box for lbl, box in reference if lbl == label]
         got = [box for lbl, box in published if lbl == label]
         iou = geometry.iou(np.asarray(ref, np.float64), np.asarray(got, np.float64))
-        ri, gi = np.nonzero(iou >= iou_min)
-        used_ref: set[int] = set()
-        used_got: set[int] = set()
-        for k in np.argsort(-iou[ri, gi], kind="stable"):
-            r, g = int(ri[k]), int(gi[k])
-            if r in used_ref or g in used_got:
-                continue
-            used_ref.add(r)
-            used_got.add(g)
-        matched += len(used_ref)
+        matched += len(geometry.greedy_pairs(iou, iou_min))
     return matched
 
 

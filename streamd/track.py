@@ -89,11 +89,7 @@ class Tracker:
             iou = geometry.iou(predicted, boxes)
             track_cls = np.array([t.class_id for t in self._tracks])
             iou[track_cls[:, None] != dets.class_id[None, :]] = 0.0
-            ti, di = np.nonzero(iou >= self.settings.iou)
-            for k in np.argsort(-iou[ti, di], kind="stable"):
-                t, d = int(ti[k]), int(di[k])
-                if t in matched_tracks or ids[d] != -1:
-                    continue
+            for t, d in geometry.greedy_pairs(iou, self.settings.iou):
                 self._follow(self._tracks[t], boxes[d], float(dets.confidence[d]))
                 ids[d] = self._tracks[t].id
                 matched_tracks.add(t)

@@ -134,3 +134,17 @@ def test_inputs_are_not_modified() -> None:
     geometry.merge_touching(boxes)
     geometry.union(boxes, boxes[::-1])
     np.testing.assert_array_equal(boxes, before)
+
+
+@pytest.mark.parametrize(("scores", "minimum", "expected"), [
+    (np.empty((0, 0)), 0.5, []),
+    (np.array([[0.4]]), 0.5, []),
+    (np.array([[0.5]]), 0.5, [(0, 0)]),  # at the threshold counts
+    # the best pair first, then the best of what is left: not (0,0)+(1,1) = 1.5
+    (np.array([[0.9, 0.95], [0.6, 0.0]]), 0.5, [(0, 1), (1, 0)]),
+    (np.array([[0.9, 0.95], [0.0, 0.9]]), 0.5, [(0, 1)]),  # row 1's column is taken
+    (np.array([[0.7, 0.7], [0.7, 0.7]]), 0.5, [(0, 0), (1, 1)]),  # ties: row-major
+])
+def test_greedy_pairs(scores: np.ndarray, minimum: float, expected: list[tuple[int, int]]
+                      ) -> None:
+    assert geometry.greedy_pairs(scores.astype(np.float64), minimum) == expected
