@@ -28,13 +28,14 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class ClientOptions:
     """Where and how to connect. The will is set before the first connect, so a daemon that
-    dies without a word still leaves `offline` behind."""
+    dies without a word still leaves `offline` behind (`will_topic` None: a session that
+    only listens, such as `streamd watch`, leaves none)."""
 
     host: str
     port: int
     client_id: str
     keepalive_s: int
-    will_topic: str
+    will_topic: str | None
     will_payload: str | bytes
     username: str | None = None
     password: str | None = None
@@ -131,10 +132,10 @@ class PahoClient:
 
 
 def client_options(m: MQTTSettings, password: SecretStr | None, *, client_id: str,
-                   will_topic: str, will_payload: str | bytes, will_retain: bool = True
-                   ) -> ClientOptions:
+                   will_topic: str | None = None, will_payload: str | bytes = b"",
+                   will_retain: bool = True) -> ClientOptions:
     """The `mqtt:` section's broker, login and TLS for one session with its own id and will
-    (the contract's publisher and the Sparkplug node connect alike)."""
+    (the contract's publisher, the Sparkplug node and `streamd watch` connect alike)."""
     tls = m.tls
     return ClientOptions(
         host=m.host, port=m.port, client_id=client_id, keepalive_s=m.keepalive_s,
@@ -155,8 +156,9 @@ def paho_client(options: ClientOptions) -> mqtt.Client:
     if options.tls:
         client.tls_set(ca_certs=_str(options.ca_file), certfile=_str(options.cert_file),
                        keyfile=_str(options.key_file), cert_reqs=ssl.CERT_REQUIRED)
-    client.will_set(options.will_topic, options.will_payload, qos=1,
-                    retain=options.will_retain)
+    if options.will_topic is not None:
+        client.will_set(options.will_topic, options.will_payload, qos=1,
+                        retain=options.will_retain)
     client.reconnect_delay_set(min_delay=1, max_delay=4)
     client.max_queued_messages_set(0)
     return client

@@ -12,11 +12,11 @@ import threading
 from typing import Any, TextIO
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
 from streamd import contract
 from streamd.config import Config
+from streamd.mqttclient import client_options, paho_client
 
 
 def summarise(topic: str, payload: bytes | bytearray, prefix: str) -> str:
@@ -78,15 +78,8 @@ def watch(config: Config, until_offline: bool, out: TextIO = sys.stdout) -> int:
             return
         print(summarise(msg.topic, msg.payload, prefix), file=out, flush=True)
 
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"{s.client_id}-watch")
-    if s.mqtt.username is not None:
-        pw = config.mqtt_password.get_secret_value() if config.mqtt_password else None
-        client.username_pw_set(s.mqtt.username, pw)
-    if s.mqtt.tls is not None:
-        t = s.mqtt.tls
-        client.tls_set(ca_certs=str(t.ca_file) if t.ca_file else None,
-                       certfile=str(t.cert_file) if t.cert_file else None,
-                       keyfile=str(t.key_file) if t.key_file else None)
+    client = paho_client(client_options(s.mqtt, config.mqtt_password,
+                                        client_id=f"{s.client_id}-watch"))
     client.on_connect = on_connect
     client.on_message = on_message
     client.connect_async(s.mqtt.host, s.mqtt.port)
