@@ -31,8 +31,11 @@ def test_watch_prints_the_daemons_messages_until_offline(
                                 "--until-offline"], env=streamd_env(), cwd=tmp_path,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        time.sleep(2.0)  # connected and subscribed before the daemon says anything
-        assert watcher.poll() is None, watcher.communicate()
+        deadline = time.monotonic() + 30  # connected before the daemon says anything
+        while "-watch" not in mosquitto.log_text() and time.monotonic() < deadline:
+            assert watcher.poll() is None, watcher.communicate()
+            time.sleep(0.1)
+        time.sleep(0.5)  # it subscribes from its connect callback
         assert daemon(cfg).wait(60) == 0
         out, err = watcher.communicate(timeout=30)
     finally:
